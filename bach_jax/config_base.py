@@ -1,0 +1,107 @@
+"""Shared config sections and validation for every configs/<model>.py.
+
+Every config is an ml_collections.ConfigDict with sections `model`, `data`,
+`train` and `sample`. configs/<model>.py starts from `base_config()` and fills
+in `model`; `validate(config)` runs before anything is compiled and names the
+key of any bad value.
+"""
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the key."""
+
+
+def base_config():
+  """Returns the sections shared by all model families, with defaults."""
+  config = ml_collections.ConfigDict()
+
+  config.seed = 0  # Root of every RNG stream (params, dropout, data order).
+
+  data = config.data = ml_collections.ConfigDict()
+  # Where pieces come from: 'bach_chorales' (music21's embedded chorales),
+  # 'midi_dir:PATH' (a folder of .mid/.midi, recursive) or 'jsb:PATH' (JSB JSON).
+  data.source = 'bach_chorales'
+  data.steps_per_quarter = 4  # Grid: 1, 2 or 4 frames per quarter note (JSB keeps its own).
+  data.transpose = 'tonic'  # 'tonic': to C major / C minor; 'none': as written.
+  data.augment_transpose = 0  # Random +-semitones per training window (0 = off).
+  data.min_steps = 16  # Pieces shorter than this many frames are dropped.
+  data.window_steps = 32  # Frames per training window (the paper uses 32).
+  data.hop_steps = 16  # Frames between the starts of consecutive windows.
+  data.pad_start = 1  # Silent frames put before each piece: the model's "start" input.
+  data.cache_dir = ''  # '' = $BACH_JAX_CACHE or ~/.cache/bach_jax.
+  data.workers = 0  # Parallel workers for preparation; 0 = one per core.
+
+  train = config.train = ml_collections.ConfigDict()
+  train.batch_size = 64  # Global batch (all hosts); must divide by the device count.
+  train.num_steps = 5000
+  train.learning_rate = 1e-3
+  train.warmup_steps = 100
+  train.lr_schedule = 'cosine'  # 'cosine' | 'constant' (after warmup).
+  train.grad_clip_norm = 1.0  # 0 = off.
+  train.weight_decay = 0.0
+  train.log_every = 50  # Steps between progress lines / metric writes.
+  train.eval_every = 500  # Steps between valid-split evaluations (0 = only at end).
+  train.checkpoint_every = 500  # Steps between checkpoints.
+  train.keep_checkpoints = 3  # Latest N kept, plus the best by valid NLL.
+  train.eval_batch_size = 32  # Whole pieces per eval batch.
+  train.eval_split = 'valid'
+  train.num_final_samples = 4  # Pieces written to samples/ at the end (0 = none).
+  train.halt_on_nan = True
+
+  sample = config.sample = ml_collections.ConfigDict()
+  sample.num_pieces = 4
+  sample.num_steps = 256  # Frames per sampled piece.
+  sample.temperature = 1.0
+  sample.top_k = 0  # 0 = off.
+  sample.top_p = 1.0  # 1.0 = off.
+  sample.primer = ''  # '' | PATH.mid | 'split:INDEX' (a piece of a corpus split).
+  sample.primer_steps = 0  # Frames of the primer to keep (0 = all).
+  sample.harmonize = ''  # PATH.mid: its melody is clamped as the soprano.
+  sample.split = 'test'  # Split used by --mode=evaluate.
+  sample.qpm = 80.0  # Tempo of written MIDI/WAV.
+  sample.write_wav = True
+
+  config.model = ml_collections.ConfigDict()
+  return config
+
+
+def _require(ok, key, message):
+  if not ok:
+    raise ConfigError(f'config.{key}: {message}')
+
+
+def validate(config, device_count=1):
+  """Checks values that would otherwise fail late or silently. Raises ConfigError."""
+  d, t, s = config.data, config.train, config.sample
+  _require(d.steps_per_quarter in (1, 2, 4), 'data.steps_per_quarter',
+           f'must be 1, 2 or 4, got {d.steps_per_quarter!r}')
+  _require(d.transpose in ('tonic', 'none'), 'data.transpose',
+           f"must be 'tonic' or 'none', got {d.transpose!r}")
+  _require(d.window_steps >= 2, 'data.window_steps',
+           f'must be >= 2, got {d.window_steps}')
+  _require(d.hop_steps >= 1, 'data.hop_steps', f'must be >= 1, got {d.hop_steps}')
+  _require(d.augment_transpose >= 0, 'data.augment_transpose', 'must be >= 0')
+  src = d.source
+  _require(src == 'bach_chorales' or src.startswith(('midi_dir:', 'jsb:')),
+           'data.source', f"must be 'bach_chorales', 'midi_dir:PATH' or 'jsb:PATH', got {src!r}")
+  _require(t.batch_size > 0 and t.batch_size % device_count == 0, 'train.batch_size',
+           f'{t.batch_size} must be a positive multiple of the device count ({device_count})')
+  _require(t.eval_batch_size > 0 and t.eval_batch_size % device_count == 0,
+           'train.eval_batch_size',
+           f'{t.eval_batch_size} must be a positive multiple of the device count ({device_count})')
+  _require(t.num_steps >= 0, 'train.num_steps', 'must be >= 0')
+  _require(t.learning_rate > 0, 'train.learning_rate', 'must be > 0')
+  _require(t.lr_schedule in ('cosine', 'constant'), 'train.lr_schedule',
+           f"must be 'cosine' or 'constant', got {t.lr_schedule!r}")
+  _require(t.log_every > 0, 'train.log_every', 'must be > 0')
+  _require(t.checkpoint_every > 0, 'train.checkpoint_every', 'must be > 0')
+  _require(t.keep_checkpoints >= 1, 'train.keep_checkpoints', 'must be >= 1')
+  _require(t.eval_split in ('train', 'valid', 'test'), 'train.eval_split',
+           'must be train, valid or test')
+  _require(s.split in ('train', 'valid', 'test'), 'sample.split', 'must be train, valid or test')
+  _require(s.temperature > 0, 'sample.temperature', 'must be > 0')
+  _require(0 < s.top_p <= 1, 'sample.top_p', 'must be in (0, 1]')
+  _require(s.top_k >= 0, 'sample.top_k', 'must be >= 0')
+  _require(s.num_steps >= 1, 'sample.num_steps', 'must be >= 1')
