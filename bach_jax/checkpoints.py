@@ -1,0 +1,98 @@
+"""Orbax checkpoints of a run: latest N plus the best by valid NLL.
+
+Layout in the workdir:
+  checkpoints/<step>/{state, data, meta}  latest `keep` steps
+  best/<step>/{state, data, meta}         the best by valid frame NLL (one kept)
+  config.json                             the run's config (also inside every step's `meta`)
+Each step holds the TrainState, the data-iterator state (so a resume continues
+with exactly the same batches) and small JSON metadata (config, metrics).
+"""
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing or does not match; the message names the path."""
+
+
+def write_config(workdir, config):
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, 'config.json')
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_config_dict(workdir):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise CheckpointError(f'{path}: no config.json; is {workdir!r} a bach_jax workdir?')
+  with open(path) as f:
+    return json.load(f)
+
+
+class Checkpointer:
+  """Saves and restores {state, data-iterator state, metadata} of a run."""
+
+  def __init__(self, workdir, keep=3):
+    self.workdir = os.path.abspath(workdir)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(self.workdir, 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self.best = ocp.CheckpointManager(
+        os.path.join(self.workdir, 'best'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m['valid_frame_nll'],
+            best_mode='min'))
+
+  def _args(self, state, data_state, meta):
+    return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(data_state),
+                              meta=ocp.args.JsonSave(meta))
+
+  def save(self, step, state, data_state, meta, valid_nll=None):
+    """Saves the latest checkpoint, and the best one if valid_nll improved."""
+    self.latest.save(step, args=self._args(state, data_state, meta), force=True)
+    if valid_nll is not None:
+      best = self.best_nll()
+      if best is None or valid_nll < best:
+        self.best.save(step, args=self._args(state, data_state, meta),
+                       metrics={'valid_frame_nll': float(valid_nll)}, force=True)
+
+  def best_nll(self):
+    step = self.best.best_step()
+    if step is None:
+      return None
+    meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return meta['meta'].get('valid_frame_nll')
+
+  def wait(self):
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def latest_step(self):
+    return self.latest.latest_step()
+
+  def restore(self, abstract_state, step=None, best=False):
+    """-> (state, data_state, meta). abstract_state: pytree of jax.ShapeDtypeStruct
+    (with shardings) describing the TrainState to restore into."""
+    mngr = self.best if best else self.latest
+    if step is None:
+      step = mngr.best_step() if best else mngr.latest_step()
+    if step is None:
+      where = os.path.join(self.workdir, 'best' if best else 'checkpoints')
+      raise CheckpointError(f'{where}: no checkpoint to restore')
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    return restored['state'], restored['data'], restored['meta']
+
+  def close(self):
+    self.latest.close()
+    self.best.close()

@@ -1,0 +1,223 @@
+"""Sampling requests -> PianoRoll -> .mid / .wav / .png; load_model(workdir) for notebooks.
+
+Every family's `sample(config, params, rng, request)` is one jitted lax.scan; this
+module turns config/CLI options into a SampleRequest (primer, harmonization
+melody, temperature, top-k, top-p), runs it and writes the files.
+"""
+
+import functools
+import os
+import wave
+
+import jax
+import ml_collections
+import numpy as np
+
+from bach_jax import checkpoints
+from bach_jax import models
+from bach_jax import plotting
+from bach_jax.data import pianoroll
+from bach_jax.models.common import SampleRequest
+
+SAMPLE_RATE = 22050
+
+
+class SampleError(ValueError):
+  """A sampling option or input file is unusable; the message names it."""
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_sample(family, config_json):
+  config = ml_collections.ConfigDict(__import__('json').loads(config_json))
+  return jax.jit(functools.partial(family.sample, config))
+
+
+def sample(family, config, params, rng, request):
+  """Runs family.sample under jit -> dict of NumPy arrays ('roll' bool[N, T, 88], ...)."""
+  fn = _jitted_sample(family, config.to_json())
+  return jax.device_get(fn(params, rng, request))
+
+
+def load_primer(spec, steps_per_quarter, corpus=None, split='test', num_steps=0):
+  """A PianoRoll from 'PATH.mid' or 'split:INDEX' (a piece of a corpus split)."""
+  if spec.startswith('split:'):
+    if corpus is None:
+      raise SampleError(f'sample.primer={spec!r} needs a corpus')
+    try:
+      piece = corpus.splits[split][int(spec.split(':', 1)[1])]
+    except (ValueError, IndexError):
+      raise SampleError(f'sample.primer={spec!r}: no such piece in the {split!r} split '
+                        f'({len(corpus.splits[split])} pieces)') from None
+  else:
+    if not os.path.exists(spec):
+      raise SampleError(f'{spec}: primer file not found')
+    try:
+      piece = pianoroll.from_midi(spec, steps_per_quarter=steps_per_quarter)
+    except pianoroll.MidiError as e:
+      raise SampleError(f'{spec}: unusable primer: {e}') from None
+  if num_steps:
+    piece = pianoroll.PianoRoll(
+        roll=piece.roll[:num_steps],
+        voices=None if piece.voices is None else piece.voices[:num_steps],
+        steps_per_quarter=piece.steps_per_quarter, meta=dict(piece.meta))
+  return piece
+
+
+def make_request(config, num_pieces=None, num_steps=None, primer=None, melody=None,
+                 num_voices=None):
+  """SampleRequest from config.sample, with optional overrides.
+
+  primer: PianoRoll to continue (repeated for every piece).
+  melody: int[T] soprano pitches (REST -1) to clamp; the request then samples T steps.
+  """
+  s = config.sample
+  n = num_pieces or s.num_pieces
+  kw = dict(num_pieces=n, num_steps=num_steps or s.num_steps, temperature=float(s.temperature),
+            top_k=int(s.top_k), top_p=float(s.top_p))
+  if primer is not None:
+    kw['primer'] = np.repeat(primer.roll[None], n, axis=0)
+    if num_voices:
+      if primer.voices is None or primer.voices.shape[1] != num_voices:
+        raise SampleError(f'primer {primer.meta.get("file", "")!r} has no {num_voices} voices '
+                          'for this model')
+      kw['primer_voices'] = np.repeat(primer.voices[None].astype(np.int32), n, axis=0)
+  if melody is not None:
+    melody = np.asarray(melody, np.int32)
+    p = 0 if primer is None else primer.roll.shape[0]
+    kw['num_steps'] = max(len(melody) - p, 1)
+    kw['melody'] = np.repeat(melody[None], n, axis=0)
+  return SampleRequest(**kw)
+
+
+def to_pianorolls(out, steps_per_quarter, voice_names=None):
+  """Family sample output -> list of PianoRoll."""
+  voices = out.get('voices')
+  pieces = []
+  for i in range(out['roll'].shape[0]):
+    meta = {'file': f'sample_{i}', 'source': 'sample'}
+    if voice_names:
+      meta['voice_names'] = list(voice_names)
+    pieces.append(pianoroll.PianoRoll(
+        roll=np.asarray(out['roll'][i], bool),
+        voices=None if voices is None else np.asarray(voices[i], np.int16),
+        steps_per_quarter=steps_per_quarter, meta=meta))
+  return pieces
+
+
+def write_wav(path, pm):
+  """Renders a PrettyMIDI with pretty_midi's sine synthesizer (no soundfont) as 16-bit WAV."""
+  audio = pm.synthesize(fs=SAMPLE_RATE)
+  peak = np.max(np.abs(audio)) if audio.size else 0.0
+  pcm = (audio / peak * 0.8 * 32767 if peak > 0 else audio).astype('<i2')
+  with wave.open(path, 'wb') as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(SAMPLE_RATE)
+    w.writeframes(pcm.tobytes())
+
+
+def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True):
+  """Writes PREFIX_i.mid, .png (and .wav) per piece -> list of .mid paths."""
+  os.makedirs(outdir, exist_ok=True)
+  paths = []
+  for i, piece in enumerate(pieces):
+    base = os.path.join(outdir, f'{prefix}_{i}')
+    pm = pianoroll.to_midi(piece, base + '.mid', qpm=qpm)
+    plotting.plot_pianoroll(base + '.png', piece.roll, piece.voices, piece.steps_per_quarter,
+                            title=os.path.basename(base))
+    if wav:
+      write_wav(base + '.wav', pm)
+    paths.append(base + '.mid')
+  return paths
+
+
+def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus=None,
+                    prefix='sample'):
+  """Samples with config.sample's options (primer / harmonize) and writes the files."""
+  s = config.sample
+  spq = corpus.steps_per_quarter if corpus is not None else config.data.steps_per_quarter
+  num_voices = corpus.num_voices if corpus is not None else None
+  primer = (load_primer(s.primer, spq, corpus, s.split, s.primer_steps) if s.primer else None)
+  melody = None
+  if s.harmonize:
+    if not num_voices:
+      raise SampleError('sample.harmonize needs a model trained with voices')
+    melody_piece = load_primer(s.harmonize, spq)
+    melody = soprano_line(melody_piece)
+  request = make_request(config, num_pieces=num_pieces, primer=primer, melody=melody,
+                         num_voices=num_voices)
+  out = sample(family, config, params, rng, request)
+  voice_names = None
+  if num_voices == 4:
+    voice_names = ['Soprano', 'Alto', 'Tenor', 'Bass']
+  pieces = to_pianorolls(out, spq, voice_names)
+  return write_pieces(pieces, outdir, prefix, qpm=s.qpm, wav=s.write_wav)
+
+
+def soprano_line(piece):
+  """int[T]: the top voice of a piece (its highest sounding pitch per frame, REST -1)."""
+  if piece.voices is not None:
+    return np.asarray(piece.voices[:, 0], np.int32)
+  top = np.full(piece.roll.shape[0], -1, np.int32)
+  steps, keys = np.nonzero(piece.roll)
+  np.maximum.at(top, steps, keys + pianoroll.LOWEST_PITCH)
+  return top
+
+
+class LoadedModel:
+  """A trained model from a workdir: samples and scores without knowing the config.
+
+  Attributes: config (ConfigDict), family (module), params, step, num_voices,
+  steps_per_quarter.
+  """
+
+  def __init__(self, config, family, params, step, meta):
+    self.config, self.family, self.params, self.step = config, family, params, step
+    self.num_voices = meta.get('num_voices')
+    self.steps_per_quarter = meta.get('steps_per_quarter') or config.data.steps_per_quarter
+
+  def sample(self, num_pieces=4, num_steps=64, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+             primer=None, melody=None):
+    """-> list of PianoRoll. primer: PianoRoll or MIDI path; melody: int[T] or MIDI path."""
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.sample.update(temperature=temperature, top_k=top_k, top_p=top_p)
+    if isinstance(primer, str):
+      primer = load_primer(primer, self.steps_per_quarter)
+    if isinstance(melody, str):
+      melody = soprano_line(load_primer(melody, self.steps_per_quarter))
+    request = make_request(config, num_pieces, num_steps, primer, melody, self.num_voices)
+    out = sample(self.family, config, self.params, jax.random.key(seed), request)
+    names = ['Soprano', 'Alto', 'Tenor', 'Bass'] if self.num_voices == 4 else None
+    return to_pianorolls(out, self.steps_per_quarter, names)
+
+  def score(self, pieces):
+    """Exact frame NLL (nats/frame) of a list of PianoRoll, over whole pieces."""
+    from bach_jax import evaluate, parallel  # pylint: disable=g-import-not-at-top
+    mesh = parallel.make_mesh()
+    fn = evaluate.make_eval_fn(self.family, self.config, mesh)
+    return evaluate.frame_nll(fn, self.config, self.params, pieces, mesh, self.num_voices)
+
+  def write(self, pieces, outdir, prefix='sample', wav=True):
+    return write_pieces(pieces, outdir, prefix, qpm=self.config.sample.qpm, wav=wav)
+
+
+def load_model(workdir, step=None, best=True):
+  """Restores the best (or latest, or a given step's) checkpoint of a workdir."""
+  config = ml_collections.ConfigDict(checkpoints.read_config_dict(workdir))
+  family = models.get_family(config.model.name)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  try:
+    mngr = ckpt.best if best and step is None and ckpt.best.best_step() is not None else ckpt.latest
+    step = step if step is not None else (mngr.best_step() if mngr is ckpt.best
+                                          else mngr.latest_step())
+    if step is None:
+      raise checkpoints.CheckpointError(f'{workdir}: no checkpoint to load')
+    if step not in mngr.all_steps():
+      raise checkpoints.CheckpointError(f'{workdir}: no checkpoint at step {step} '
+                                        f'(have {mngr.all_steps()})')
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  finally:
+    ckpt.close()
+  return LoadedModel(config, family, restored['state']['params'], step, restored['meta'])

@@ -1,0 +1,93 @@
+"""What every model family shares: the train state, the optimizer, the losses."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """A pytree: everything a checkpoint holds of the model side of a run."""
+  step: jax.Array  # int32 scalar.
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(train_config):
+  """Adam(W) with warmup, optional cosine decay and global-norm clipping."""
+  t = train_config
+  warmup = max(int(t.warmup_steps), 0)
+  if t.lr_schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, t.learning_rate, warmup_steps=max(warmup, 1),
+        decay_steps=max(int(t.num_steps), warmup + 1), end_value=0.1 * t.learning_rate)
+  else:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, t.learning_rate, max(warmup, 1)),
+         optax.constant_schedule(t.learning_rate)], [max(warmup, 1)])
+  chain = []
+  if t.grad_clip_norm:
+    chain.append(optax.clip_by_global_norm(t.grad_clip_norm))
+  chain.append(optax.adamw(schedule, weight_decay=t.weight_decay))
+  return optax.chain(*chain)
+
+
+def create_state(params, train_config):
+  tx = make_optimizer(train_config)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def apply_gradients(state, grads, train_config):
+  """One optimizer update; returns the new state and the gradient norm."""
+  tx = make_optimizer(train_config)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, optax.global_norm(grads)
+
+
+def bernoulli_nll(logits, targets):
+  """-log p(targets) under independent Bernoullis, summed over the last axis.
+
+  logits: float[..., K]; targets: bool/float[..., K] -> float[...] in nats.
+  """
+  targets = targets.astype(logits.dtype)
+  return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
+
+
+def next_frame_targets(roll, frame_mask=None):
+  """Splits bool[B, T, 88] into inputs [B, T-1, 88], targets and target mask.
+
+  Every frame but the first is predicted from the frames before it; the
+  pipeline puts `pad_start` silent frames before each piece, so a piece's first
+  frame is predicted from the silent start frame (the model's start state).
+  """
+  inputs = roll[:, :-1].astype(jnp.float32)
+  targets = roll[:, 1:]
+  if frame_mask is None:
+    mask = jnp.ones(targets.shape[:2], jnp.float32)
+  else:
+    mask = frame_mask[:, 1:].astype(jnp.float32)
+  return inputs, targets, mask
+
+
+@flax.struct.dataclass
+class SampleRequest:
+  """What to sample. Ints/floats are static (part of the compiled function);
+  arrays are traced, so new primers or melodies of the same shape reuse it.
+
+  primer: bool[N, P, 88] frames to continue (None: start from silence).
+  primer_voices: int[N, P, V] their voices, for voice models (REST = -1).
+  melody: int[N, P + num_steps] soprano pitch (REST = -1) to clamp (harmonization).
+  """
+  num_pieces: int = flax.struct.field(pytree_node=False, default=4)
+  num_steps: int = flax.struct.field(pytree_node=False, default=64)
+  temperature: float = flax.struct.field(pytree_node=False, default=1.0)
+  top_k: int = flax.struct.field(pytree_node=False, default=0)
+  top_p: float = flax.struct.field(pytree_node=False, default=1.0)
+  primer: Any = None
+  primer_voices: Any = None
+  melody: Any = None

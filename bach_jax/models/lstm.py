@@ -1,0 +1,103 @@
+"""The paper's baseline: a 2-layer LSTM that predicts the next frame.
+
+Each frame is 88 independent Bernoullis given the LSTM state (sigmoid outputs,
+binary cross-entropy summed over the keys). Frame NLL is therefore exact for
+this model: -log p(frame_t | frames_<t) = sum over keys of the BCE.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bach_jax.models import common
+from bach_jax.models.layers import LSTMStack
+
+NUM_KEYS = 88
+
+
+class NextFrameLSTM(nn.Module):
+  """(inputs float[B, T, 88], carry) -> (logits float[B, T, 88], carry)."""
+  hidden_size: int = 512
+  num_layers: int = 2
+  dropout_rate: float = 0.5
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype)
+    self.out = nn.Dense(NUM_KEYS)
+
+  def __call__(self, inputs, carry=None, *, deterministic=True):
+    h, carry = self.stack(inputs.astype(jnp.float32), carry, deterministic=deterministic)
+    return self.out(h), carry
+
+
+def make_model(config):
+  m = config.model
+  return NextFrameLSTM(m.hidden_size, m.num_layers, m.dropout_rate, jnp.dtype(m.dtype))
+
+
+def init(config, rng, example_batch):
+  """-> TrainState with freshly initialized params and optimizer state."""
+  inputs, _, _ = common.next_frame_targets(example_batch['roll'])
+  params = make_model(config).init(rng, inputs)['params']
+  return common.create_state(params, config.train)
+
+
+def _nll(config, params, roll, frame_mask, row_mask=None, rng=None):
+  """Per-frame NLL float[B, T-1] and the mask of frames that count."""
+  inputs, targets, mask = common.next_frame_targets(roll, frame_mask)
+  if row_mask is not None:
+    mask = mask * row_mask[:, None].astype(jnp.float32)
+  logits, _ = make_model(config).apply(
+      {'params': params}, inputs, deterministic=rng is None,
+      rngs=None if rng is None else {'dropout': rng})
+  return common.bernoulli_nll(logits, targets), mask
+
+
+def train_step(config, state, batch, rng):
+  """batch: roll bool[B, T, 88], mask bool[B]. -> (state, metrics)."""
+  dropout_rng = jax.random.fold_in(rng, 0)
+
+  def loss_fn(params):
+    nll, mask = _nll(config, params, batch['roll'], None, batch['mask'], dropout_rng)
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  state, grad_norm = common.apply_gradients(state, grads, config.train)
+  return state, {'loss': loss, 'grad_norm': grad_norm}
+
+
+def eval_step(config, params, batch):
+  """batch: roll bool[B, T, 88], frame_mask bool[B, T] -> summed NLL and frame count."""
+  nll, mask = _nll(config, params, batch['roll'], batch['frame_mask'])
+  return {'nll_sum': jnp.sum(nll * mask), 'frames': jnp.sum(mask)}
+
+
+def sample(config, params, rng, request):
+  """-> {'roll': bool[N, P + num_steps, 88]}; P = primer length (0 if none).
+
+  One lax.scan over steps. Temperature divides the logits; top-k / top-p do
+  not apply to independent Bernoullis and are ignored by this family.
+  """
+  model = make_model(config)
+  n = request.num_pieces
+  carry = LSTMStack(config.model.hidden_size, config.model.num_layers).zero_carry(n)
+  x = jnp.zeros((n, NUM_KEYS), jnp.float32)  # The silent start frame.
+  if request.primer is not None:
+    primer = request.primer.astype(jnp.float32)
+    # Teacher-force the start frame and all primer frames but the last.
+    seq = jnp.concatenate([x[:, None], primer[:, :-1]], axis=1)
+    _, carry = model.apply({'params': params}, seq, carry)
+    x = primer[:, -1]
+
+  def step(state, key):
+    carry, x = state
+    logits, carry = model.apply({'params': params}, x[:, None], carry)
+    frame = jax.random.bernoulli(key, jax.nn.sigmoid(logits[:, 0] / request.temperature))
+    return (carry, frame.astype(jnp.float32)), frame
+
+  _, frames = jax.lax.scan(step, (carry, x), jax.random.split(rng, request.num_steps))
+  roll = jnp.swapaxes(frames, 0, 1)
+  if request.primer is not None:
+    roll = jnp.concatenate([request.primer.astype(bool), roll], axis=1)
+  return {'roll': roll}

@@ -1,0 +1,57 @@
+"""Piano-roll and curve PNGs (matplotlib, Agg backend: no display needed)."""
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+LOWEST_PITCH = 21
+VOICE_COLORS = ('tab:red', 'tab:blue', 'tab:green', 'tab:purple', 'tab:orange', 'tab:brown')
+
+
+def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title=''):
+  """Writes a piano-roll PNG. roll: bool[T, 88]; voices: int[T, V] (REST -1) colours voices."""
+  roll = np.asarray(roll, bool)
+  t = roll.shape[0]
+  fig, ax = plt.subplots(figsize=(min(4 + t / 16, 24), 4.5), dpi=100)
+  if voices is not None and np.asarray(voices).size:
+    voices = np.asarray(voices)
+    for v in range(voices.shape[1]):
+      steps = np.nonzero(voices[:, v] >= 0)[0]
+      ax.scatter(steps + 0.5, voices[steps, v], marker='s', s=6,
+                 color=VOICE_COLORS[v % len(VOICE_COLORS)], label=f'voice {v}', linewidths=0)
+    ax.legend(loc='upper right', fontsize=7, markerscale=2)
+  else:
+    steps, keys = np.nonzero(roll)
+    ax.scatter(steps + 0.5, keys + LOWEST_PITCH, marker='s', s=6, color='black', linewidths=0)
+  if roll.any():
+    keys = np.nonzero(roll.any(0))[0] + LOWEST_PITCH
+    ax.set_ylim(keys.min() - 2, keys.max() + 2)
+  ax.set_xlim(0, max(t, 1))
+  bar = 4 * steps_per_quarter
+  for x in range(0, t, bar):
+    ax.axvline(x, color='0.85', lw=0.5, zorder=0)
+  ax.set_xlabel(f'step ({steps_per_quarter} per quarter; lines every 4 quarters)')
+  ax.set_ylabel('MIDI pitch')
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_curves(path, records, keys):
+  """Writes a PNG of metric curves. records: dicts with 'step' (metrics.jsonl rows)."""
+  fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+  for key in keys:
+    pts = [(r['step'], r[key]) for r in records if key in r]
+    if pts:
+      xs, ys = zip(*pts)
+      ax.plot(xs, ys, label=key, marker='.' if len(pts) < 30 else None)
+  ax.set_xlabel('step')
+  ax.set_ylabel('nats per frame')
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

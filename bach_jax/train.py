@@ -1,0 +1,232 @@
+"""train_and_evaluate(config, workdir): the training loop of every model family.
+
+State replicated and batch sharded over the mesh's 'data' axis, one jitted step
+with the state donated; checkpoints (latest N + best by valid NLL) with the
+data-iterator state beside them, so re-running on the same workdir resumes with
+the same step, data position and RNG stream. SIGTERM / Ctrl-C saves and exits.
+train.py knows no model by name: the family comes from the registry.
+"""
+
+import functools
+import os
+import signal
+
+import jax
+import numpy as np
+
+from bach_jax import checkpoints
+from bach_jax import config_base
+from bach_jax import evaluate
+from bach_jax import metric_writers
+from bach_jax import models
+from bach_jax import parallel
+from bach_jax.data import corpora
+from bach_jax.data import pipeline
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite; the message gives the step."""
+
+
+class _StopRequest:
+  """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and exits cleanly.
+
+  A second Ctrl-C interrupts at once (KeyboardInterrupt), in case saving hangs.
+  """
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading_is_main():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def threading_is_main():
+  import threading
+  return threading.current_thread() is threading.main_thread()
+
+
+def setup(config, workdir=None):
+  """Validates the config and loads what any mode needs: (family, corpus, mesh)."""
+  config_base.validate(config, jax.device_count())
+  family = models.get_family(config.model.name)
+  if hasattr(family, 'validate'):
+    family.validate(config)
+  corpus = corpora.load_corpus(config.data, progress=jax.process_index() == 0)
+  if hasattr(family, 'check_corpus'):
+    family.check_corpus(config, corpus)
+  return family, corpus, parallel.make_mesh()
+
+
+def example_batch(config, num_voices):
+  """A one-row batch with the training shapes, for init / eval_shape."""
+  w = config.data.window_steps
+  batch = {'roll': np.zeros((1, w, 88), bool), 'mask': np.ones((1,), bool)}
+  if num_voices:
+    batch['voices'] = np.full((1, w, num_voices), -1, np.int32)
+  return batch
+
+
+def abstract_state(family, config, mesh, num_voices):
+  """Shapes, dtypes and (replicated) shardings of the TrainState, for restoring."""
+  shapes = jax.eval_shape(functools.partial(family.init, config),
+                          jax.random.key(0), example_batch(config, num_voices))
+  repl = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+
+
+def _first_nonfinite(pending):
+  """pending: [(step, metrics)] on device -> (host metrics list, first bad step or None)."""
+  host = jax.device_get(pending)
+  for step, m in host:
+    if not np.isfinite(m['loss']):
+      return host, step
+  return host, None
+
+
+def train_and_evaluate(config, workdir):
+  """Trains config.model on config.data, writing everything into workdir.
+
+  Returns a dict of final metrics (valid NLL of the last state, best-checkpoint
+  valid and test NLL).
+  """
+  family, corpus, mesh = setup(config, workdir)
+  log = metric_writers.log
+  num_voices = corpus.num_voices
+  t = config.train
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints.write_config(workdir, config)
+
+  train_iter = pipeline.BatchIterator(
+      corpus.splits['train'], batch_size=t.batch_size, window_steps=config.data.window_steps,
+      hop_steps=config.data.hop_steps, seed=config.seed, shuffle=True,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      remainder='drop', pad_start=config.data.pad_start,
+      augment_transpose=config.data.augment_transpose, num_voices=num_voices)
+  if train_iter.batches_per_epoch == 0:
+    raise config_base.ConfigError(
+        f'config.train.batch_size: {t.batch_size} windows of {config.data.window_steps} steps '
+        f'is more than one epoch of the training split ({len(corpus.splits["train"])} pieces)')
+
+  repl = parallel.replicated(mesh)
+  root = jax.random.key(config.seed)
+  init_rng, train_rng = jax.random.split(root)
+  ckpt = checkpoints.Checkpointer(workdir, keep=t.keep_checkpoints)
+  abstract = abstract_state(family, config, mesh, num_voices)
+  if ckpt.latest_step() is not None:
+    state, data_state, _ = ckpt.restore(abstract)
+    train_iter.set_state(data_state)
+    log(f'resumed from {workdir}/checkpoints/{ckpt.latest_step()}')
+  else:
+    state = jax.jit(functools.partial(family.init, config), out_shardings=repl)(
+        init_rng, example_batch(config, num_voices))
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log(f'{config.model.name}: {n_params:,} parameters; {jax.device_count()} devices '
+      f'({jax.process_count()} processes); train {len(corpus.splits["train"])} pieces, '
+      f'{train_iter.batches_per_epoch} batches/epoch')
+
+  def step_fn(state, batch, rng):
+    return family.train_step(config, state, batch, jax.random.fold_in(rng, state.step))
+
+  train_step = jax.jit(step_fn, in_shardings=(repl, parallel.data_sharded(mesh), repl),
+                       out_shardings=(repl, repl), donate_argnums=(0,))
+  eval_fn = evaluate.make_eval_fn(family, config, mesh)
+
+  def run_eval(params, split):
+    return evaluate.frame_nll(eval_fn, config, params, corpus.splits[split], mesh, num_voices)
+
+  writer = metric_writers.MetricWriter(workdir)
+  step = int(jax.device_get(state.step))
+  progress = metric_writers.Progress(step, t.num_steps)
+  pending = []
+  last_valid = None
+
+  def flush():
+    """Fetches pending step metrics (one host sync), checks them, writes them."""
+    host, bad = _first_nonfinite(pending)
+    pending.clear()
+    for s, m in host:
+      if bad is not None and s >= bad:
+        break
+      writer.write(s, {f'train/{k}': v for k, v in m.items()}, tensorboard=False)
+    if bad is not None:
+      writer.flush()
+      raise NonFiniteLossError(
+          f'non-finite training loss at step {bad}; stopping. The last good checkpoint '
+          f'(step {ckpt.latest_step()}) is intact in {workdir}/checkpoints')
+    if host:
+      means = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
+      writer.write(host[-1][0], {f'train/{k}_mean': v for k, v in means.items()})
+      log(progress.line(host[-1][0], means))
+    writer.flush()
+
+  def save(valid_nll=None):
+    meta = {'step': step, 'valid_frame_nll': valid_nll, 'num_voices': num_voices,
+            'steps_per_quarter': corpus.steps_per_quarter}
+    ckpt.save(step, state, train_iter.get_state(), meta, valid_nll=valid_nll)
+
+  try:
+    with _StopRequest() as stop:
+      while step < t.num_steps:
+        if stop.requested or (jax.process_count() > 1 and ckpt.latest.reached_preemption(step)):
+          flush()
+          save()
+          ckpt.wait()
+          log(f'{stop.requested or "preemption"}: saved checkpoint at step {step}; '
+              f'run the same command again to resume')
+          return {'interrupted_at': step}
+        batch = parallel.to_global(next(train_iter), mesh)
+        state, metrics = train_step(state, batch, train_rng)
+        step += 1
+        pending.append((step, metrics))
+        last = step == t.num_steps
+        if step % t.log_every == 0 or last:
+          flush()
+        valid_nll = None
+        if (t.eval_every and step % t.eval_every == 0) or last:
+          flush()
+          result = run_eval(state.params, t.eval_split)
+          valid_nll = last_valid = result['frame_nll']
+          writer.write(step, {f'{t.eval_split}/frame_nll': valid_nll})
+          log(f'step {step}: {t.eval_split} frame NLL {valid_nll:.4f} nats/frame '
+              f'({result["frames"]} frames, {result["seconds"]:.1f}s)')
+        if step % t.checkpoint_every == 0 or last or valid_nll is not None:
+          flush()
+          save(valid_nll if t.eval_split == 'valid' else None)
+    ckpt.wait()
+    final = {'step': step, 'last_valid_frame_nll': last_valid}
+    if ckpt.best.best_step() is not None:
+      best_state, _, _ = ckpt.restore(abstract, best=True)
+      for split in ('valid', 'test'):
+        if corpus.splits.get(split):
+          final[f'best_{split}_frame_nll'] = run_eval(best_state.params, split)['frame_nll']
+      final['best_step'] = ckpt.best.best_step()
+      writer.write(step, {f'best/{k}': v for k, v in final.items()
+                          if k.endswith('frame_nll') and v is not None})
+      log('best checkpoint (step %d): %s' % (final['best_step'], ', '.join(
+          f'{k}={v:.4f}' for k, v in final.items() if k.startswith('best_') and
+          k.endswith('nll'))))
+    if t.num_final_samples and jax.process_index() == 0:
+      from bach_jax import generate  # Only the end of a run needs it.
+      paths = generate.sample_to_files(
+          family, config, state.params, jax.random.fold_in(root, 1 << 30),
+          os.path.join(workdir, 'samples'), num_pieces=t.num_final_samples, corpus=corpus)
+      log(f'wrote {len(paths)} samples to {workdir}/samples')
+    return final
+  finally:
+    writer.close()
+    ckpt.wait()
+    ckpt.close()

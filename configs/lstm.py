@@ -1,0 +1,36 @@
+"""The paper's baseline: 2-layer LSTM, hidden 512, dropout 0.5, next-frame BCE, Adam.
+
+Usage: --config=configs/lstm.py (paper) or --config=configs/lstm.py:test (tiny, seconds on CPU).
+"""
+
+from bach_jax import config_base
+
+
+def get_config(arg=''):
+  config = config_base.base_config()
+  m = config.model
+  m.name = 'lstm'  # Registry key (bach_jax/models/__init__.py).
+  m.hidden_size = 512  # LSTM units per layer.
+  m.num_layers = 2
+  m.dropout_rate = 0.5  # After each LSTM layer, training only.
+  m.dtype = 'float32'  # Matmul input dtype: 'bfloat16' is faster on TPU/GPU.
+
+  config.train.num_steps = 3000
+  config.train.learning_rate = 2e-3
+  if arg == 'test':
+    m.hidden_size = 32
+    config.data.window_steps = 16
+    config.data.hop_steps = 8
+    config.train.batch_size = 16
+    config.train.eval_batch_size = 16
+    config.train.num_steps = 60
+    config.train.warmup_steps = 5
+    config.train.learning_rate = 1e-2
+    config.train.log_every = 10
+    config.train.eval_every = 30
+    config.train.checkpoint_every = 30
+    config.train.num_final_samples = 2
+    config.sample.num_steps = 32
+  elif arg:
+    raise ValueError(f'configs/lstm.py: unknown variant {arg!r} (known: test)')
+  return config
