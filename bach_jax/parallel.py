@@ -30,13 +30,14 @@ def maybe_initialize_distributed():
                  jax.device_count())
 
 
-def make_mesh():
-  """A 1-D mesh over every device of every host, axis 'data'.
+def make_mesh(devices=None):
+  """A 1-D mesh over every device of every host (or the given ones), axis 'data'.
 
   Auto axis type: the compiler propagates shardings (GSPMD) from the explicit
   in/out shardings of each jit, so model code needs no sharding annotations.
   """
-  return jax.make_mesh((jax.device_count(),), ('data',),
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 

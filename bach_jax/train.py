@@ -88,6 +88,22 @@ def abstract_state(family, config, mesh, num_voices):
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
 
 
+def make_train_step(family, config, mesh):
+  """jit(train_step): (state, global batch, root rng) -> (state, metrics).
+
+  State replicated and donated, batch sharded on 'data'; the step's RNG is
+  fold_in(rng, state.step), computed on device, so a resumed run draws the
+  same dropout masks as an uninterrupted one.
+  """
+  repl = parallel.replicated(mesh)
+
+  def step_fn(state, batch, rng):
+    return family.train_step(config, state, batch, jax.random.fold_in(rng, state.step))
+
+  return jax.jit(step_fn, in_shardings=(repl, parallel.data_sharded(mesh), repl),
+                 out_shardings=(repl, repl), donate_argnums=(0,))
+
+
 def _first_nonfinite(pending):
   """pending: [(step, metrics)] on device -> (host metrics list, first bad step or None)."""
   host = jax.device_get(pending)
@@ -138,11 +154,7 @@ def train_and_evaluate(config, workdir):
       f'({jax.process_count()} processes); train {len(corpus.splits["train"])} pieces, '
       f'{train_iter.batches_per_epoch} batches/epoch')
 
-  def step_fn(state, batch, rng):
-    return family.train_step(config, state, batch, jax.random.fold_in(rng, state.step))
-
-  train_step = jax.jit(step_fn, in_shardings=(repl, parallel.data_sharded(mesh), repl),
-                       out_shardings=(repl, repl), donate_argnums=(0,))
+  train_step = make_train_step(family, config, mesh)
   eval_fn = evaluate.make_eval_fn(family, config, mesh)
 
   def run_eval(params, split):

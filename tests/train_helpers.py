@@ -1,0 +1,22 @@
+"""Shared helpers for the training tests: configs by path, a session corpus cache."""
+
+import importlib.util
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name, arg='test', **overrides):
+  """configs/<name>.py get_config(arg), with dotted-key overrides ('train.num_steps': 10)."""
+  path = os.path.join(REPO, 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  for key, value in overrides.items():
+    *path_, leaf = key.split('.')
+    node = config
+    for p in path_:
+      node = node[p]
+    node[leaf] = value
+  return config
