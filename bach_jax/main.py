@@ -20,31 +20,38 @@ from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/lstm.py or configs/lstm.py:test.',
-                                lock_config=False)
 flags.DEFINE_string('workdir', None, 'Directory of the run: checkpoints, metrics, samples.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'evaluate', 'prepare'], 'What to do.')
 flags.DEFINE_integer('step', None, 'sample/evaluate: checkpoint step (default: best, else latest).')
 
 
-def _config_for_existing_workdir():
-  """The workdir's config.json with --config.* overrides from the command line applied."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from bach_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(checkpoints.read_config_dict(FLAGS.workdir))
-  for arg in sys.argv[1:]:
-    if arg.startswith('--config.') and '=' in arg:
-      key, value = arg[len('--config.'):].split('=', 1)
-      parent = config
-      *path, leaf = key.split('.')
-      for p in path:
-        parent = parent[p]
-      old = parent[leaf]
-      try:
-        parent[leaf] = type(old)(json.loads(value)) if not isinstance(old, str) else value
-      except (ValueError, TypeError):
-        raise app.UsageError(f'--config.{key}={value!r}: not a {type(old).__name__}') from None
-  return config
+def _workdir_config_json(argv):
+  """Path of the workdir's config.json when --config is not given, else None."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv):
+    return None
+  for i, a in enumerate(argv):
+    workdir = a.split('=', 1)[1] if a.startswith('--workdir=') else (
+        argv[i + 1] if a == '--workdir' and i + 1 < len(argv) else None)
+    if workdir:
+      path = os.path.join(workdir, 'config.json')
+      return path if os.path.exists(path) else None
+  return None
+
+
+def define_config_flag(argv):
+  """--config: a config file, or by default the workdir's config.json (so that
+  --mode=sample/evaluate/train on an existing run accept --config.KEY=VALUE)."""
+  path = _workdir_config_json(argv)
+  if path is None:
+    config_flags.DEFINE_config_file(
+        'config', None, 'Config file, e.g. configs/lstm.py or configs/lstm.py:test.',
+        lock_config=False)
+  else:
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    with open(path) as f:
+      config_flags.DEFINE_config_dict(
+          'config', ml_collections.ConfigDict(json.load(f)),
+          f'Defaults to {path}; override keys with --config.KEY=VALUE.', lock_config=False)
 
 
 def main(argv):
@@ -62,7 +69,6 @@ def main(argv):
   try:
     _run(FLAGS.mode)
   except user_errors as e:
-    logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except train.NonFiniteLossError as e:
@@ -81,12 +87,9 @@ def _run(mode):
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
   if mode == 'train':
-    config = FLAGS.config
-    if config is None:
-      if not os.path.exists(os.path.join(FLAGS.workdir, 'config.json')):
-        raise app.UsageError('--config is required for a new workdir')
-      config = _config_for_existing_workdir()
-    result = train.train_and_evaluate(config, FLAGS.workdir)
+    if FLAGS.config is None:
+      raise app.UsageError('--config is required for a new workdir')
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     print(json.dumps(result))
     return
   _sample_or_evaluate(mode)
@@ -95,11 +98,13 @@ def _run(mode):
 def _sample_or_evaluate(mode):
   import jax  # pylint: disable=g-import-not-at-top
   from bach_jax import evaluate, generate, train  # pylint: disable=g-import-not-at-top
-  config = _config_for_existing_workdir()
+  config = FLAGS.config
   model = generate.load_model(FLAGS.workdir, step=FLAGS.step)
+  if config is None:
+    config = model.config
   model.config = config
   family, corpus, mesh = train.setup(config)
-  if corpus.num_voices != model.num_voices and model.num_voices:
+  if getattr(family, 'USES_VOICES', False) and corpus.num_voices != model.num_voices:
     raise generate.SampleError(
         f'config.data.source={config.data.source!r} has {corpus.num_voices} voices; '
         f'the model was trained with {model.num_voices}')
@@ -119,5 +124,5 @@ def _sample_or_evaluate(mode):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required([])
+  define_config_flag(sys.argv)
   app.run(main)
