@@ -20,6 +20,7 @@ from bach_jax import evaluate
 from bach_jax import metric_writers
 from bach_jax import models
 from bach_jax import parallel
+from bach_jax import plotting
 from bach_jax.data import corpora
 from bach_jax.data import pipeline
 
@@ -231,6 +232,9 @@ def train_and_evaluate(config, workdir):
       log('best checkpoint (step %d): %s' % (final['best_step'], ', '.join(
           f'{k}={v:.4f}' for k, v in final.items() if k.startswith('best_') and
           k.endswith('nll'))))
+    if jax.process_index() == 0:
+      plotting.plot_curves(os.path.join(workdir, 'curves.png'), metric_writers.read_metrics(
+          workdir), ['train/loss_mean', f'{t.eval_split}/frame_nll'])
     if t.num_final_samples and jax.process_index() == 0:
       from bach_jax import generate  # Only the end of a run needs it.
       paths = generate.sample_to_files(

@@ -59,6 +59,7 @@ def test_trains_end_to_end_on_real_chorales(trained):
   for ext in ('mid', 'png', 'wav'):
     assert f'sample_0.{ext}' in samples and f'sample_1.{ext}' in samples
   assert checkpoints.Checkpointer(workdir).latest_step() == 60
+  assert os.path.getsize(os.path.join(workdir, 'curves.png')) > 1000
 
 
 def test_rerun_on_finished_workdir_resumes_without_training(trained, cache_dir):
@@ -149,11 +150,13 @@ def test_restore_then_sample_equals_before_save(tmp_path, cache_dir):
     ('train.batch_size', 12, 8),
     ('data.steps_per_quarter', 3, 1),
     ('data.source', 'nowhere', 1),
+    ('model.dropout_rate', 1.0, 1),
 ])
 def test_invalid_config_names_the_key(key, value, device_count):
   config = load_config('lstm', 'test', **{key: value})
   with pytest.raises(config_base.ConfigError, match=f'config.{key}'):
     config_base.validate(config, device_count)
+    lstm.validate(config)
     from bach_jax import models
     models.get_family(config.model.name)
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bach_jax.config_base import ConfigError
 from bach_jax.models import common
 from bach_jax.models.layers import LSTMStack
 
@@ -29,6 +30,16 @@ class NextFrameLSTM(nn.Module):
   def __call__(self, inputs, carry=None, *, deterministic=True):
     h, carry = self.stack(inputs.astype(jnp.float32), carry, deterministic=deterministic)
     return self.out(h), carry
+
+
+def validate(config):
+  """Model keys that would otherwise fail late or silently."""
+  m = config.model
+  for key, ok in (('hidden_size', m.hidden_size >= 1), ('num_layers', m.num_layers >= 1),
+                  ('dropout_rate', 0.0 <= m.dropout_rate < 1.0),
+                  ('dtype', m.dtype in ('float32', 'bfloat16'))):
+    if not ok:
+      raise ConfigError(f'config.model.{key}: invalid value {m[key]!r}')
 
 
 def make_model(config):
