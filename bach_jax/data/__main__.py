@@ -1,0 +1,57 @@
+r"""Prepares a corpus and prints its summary table.
+
+  python -m bach_jax.data --source=bach_chorales --out=/tmp/bachcache
+
+The first run prepares (progress bar on stderr) and writes the cache; later
+runs read the cache.
+"""
+
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from bach_jax import config_base
+from bach_jax.data import corpora
+
+_SOURCE = flags.DEFINE_string('source', 'bach_chorales',
+                              "'bach_chorales', 'midi_dir:PATH' or 'jsb:PATH'.")
+_OUT = flags.DEFINE_string('out', '', 'Cache dir for this run (default: data.cache_dir, '
+                           '$BACH_JAX_CACHE or ~/.cache/bach_jax).')
+_STEPS = flags.DEFINE_integer('steps_per_quarter', 4, 'Frames per quarter note.')
+_TRANSPOSE = flags.DEFINE_enum('transpose', 'tonic', ['tonic', 'none'],
+                               "'tonic': to C major / C minor; 'none': as written.")
+_MIN_STEPS = flags.DEFINE_integer('min_steps', 16, 'Shorter pieces are skipped.')
+_WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes; 0 = one per core.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = config_base.base_config()
+  data = config.data
+  data.source = _SOURCE.value
+  data.steps_per_quarter = _STEPS.value
+  data.transpose = _TRANSPOSE.value
+  data.min_steps = _MIN_STEPS.value
+  data.workers = _WORKERS.value
+  if _OUT.value:
+    data.cache_dir = _OUT.value
+  try:
+    config_base.validate(config)
+    start = time.perf_counter()
+    corpus = corpora.load_corpus(data)
+    seconds = time.perf_counter() - start
+  except (config_base.ConfigError, corpora.CorpusError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(corpus.summary())
+  print(f'cache: {"hit" if corpus.cache_hit else "miss (prepared and written)"} '
+        f'{corpus.cache_path}')
+  print(f'preparation wall time: {seconds:.2f} s')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)

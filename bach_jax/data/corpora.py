@@ -1,0 +1,461 @@
+"""Named sources of pieces -> train/valid/test lists of PianoRoll, cached on disk.
+
+Sources (`config.data.source`):
+
+* `bach_chorales`: the .mxl/.krn/.xml chorales shipped with music21 (the .rntxt
+  analyses are skipped). Each score is written to MIDI by music21 and read
+  back by pretty_midi, so one MIDI reader serves every source. Voices rule:
+  a part is a voice when the first word of the first line of its name is a
+  voice name (case-insensitive): soprano (soprano, sopran, sop, s, canto,
+  cantus, treble, discant), alto (alto, alt, a, contralto, altus), tenor
+  (tenor, tenore, ten, t), bass (bass, basso, bassus, bas, b); 'Basso
+  continuo' / 'B.c.' is not a voice. When several parts name one voice, the
+  topmost is taken ('Soprano 1' over 'Soprano 2'). Other parts (horns,
+  violins, continuo...) are dropped. If the names do not give all four voices
+  but the score has exactly 4 parts, they are taken top to bottom as S, A, T,
+  B; otherwise the file is skipped. Split 80/10/10 by a stable hash of the
+  BWV number without its version suffix (bwv248.23-2, bwv248.23-s ->
+  'bwv248.23'), so versions of one chorale share a split.
+* `midi_dir:PATH`: every .mid/.midi under PATH (recursive); voices as in
+  `pianoroll.from_pretty_midi(voices='auto')`. Split 80/10/10 by a stable hash
+  of the path relative to PATH.
+* `jsb:PATH`: the JSB Chorales JSON ({"train": [piece...], ...}, a piece a list
+  of frames, a frame a list of MIDI pitches), its split kept. If every frame of
+  every piece has exactly 4 entries, the file is the voice-separated 16th-note
+  version: frames are [S, A, T, B] (negative = rest) and steps_per_quarter=4;
+  otherwise frames are pitch sets and steps_per_quarter=1. The pieces are
+  already in C major / C minor on their own grid: data.transpose and
+  data.steps_per_quarter do not apply (meta['transpose_note'] says so).
+
+Pieces shorter than data.min_steps frames are skipped; every skipped file is
+reported as one line 'skipping FILE: reason' and counted in the summary.
+
+Cache: one .npz per (source, file names/sizes/mtimes or package version, grid,
+transpose, min_steps, format version) under data.cache_dir, else
+$BACH_JAX_CACHE, else ~/.cache/bach_jax; written to a temp file and
+os.replace'd into place, so concurrent or interrupted runs never leave a
+half-written cache that a later run would trust.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import sys
+from typing import Optional
+
+import numpy as np
+
+from bach_jax.data import pianoroll
+from bach_jax.data.pianoroll import SATB, MidiError, PianoRoll, satb_indices
+
+SPLITS = ('train', 'valid', 'test')
+FORMAT_VERSION = 2  # Bump when the prepared pieces or the cache layout change.
+class CorpusError(ValueError):
+  """A source cannot be prepared (missing path, no usable piece...)."""
+
+
+@dataclasses.dataclass
+class Corpus:
+  """Prepared pieces of one source.
+
+  Attributes:
+    splits: 'train', 'valid', 'test' -> list of PianoRoll, sorted by file name
+      (JSB: in file order).
+    skipped: (file, reason) of every file left out.
+    source: the data.source string.
+    steps_per_quarter: the grid of every piece.
+    num_voices: V if every piece has voices int16[T, V] with the same V, else None.
+    cache_path: the cache file read or written ('' if none).
+    cache_hit: whether the pieces came from the cache.
+  """
+  splits: dict
+  skipped: list
+  source: str
+  steps_per_quarter: int
+  num_voices: Optional[int] = None
+  cache_path: str = ''
+  cache_hit: bool = False
+
+  def summary(self) -> str:
+    """A plain-text table: pieces, frames, pitch range, notes/frame, skips."""
+    lines = [f'source: {self.source}   grid: {self.steps_per_quarter} steps per '
+             f'quarter   voices: {self.num_voices}']
+    lines.append(f'{"split":<7}{"pieces":>8}{"frames":>10}{"pitch range":>16}'
+                 f'{"notes/frame":>13}')
+    rows = [(name, self.splits.get(name, [])) for name in SPLITS]
+    rows.append(('all', [p for _, pieces in rows for p in pieces]))
+    for name, pieces in rows:
+      frames = sum(p.num_steps for p in pieces)
+      notes = sum(int(p.roll.sum()) for p in pieces)
+      ranges = [r for r in (p.pitch_range() for p in pieces) if r]
+      rng = f'{min(r[0] for r in ranges)}..{max(r[1] for r in ranges)}' if ranges else '-'
+      density = f'{notes / frames:.2f}' if frames else '-'
+      lines.append(f'{name:<7}{len(pieces):>8}{frames:>10}{rng:>16}{density:>13}')
+    lines.append(f'skipped: {len(self.skipped)} files')
+    counts = {}
+    for _, reason in self.skipped:
+      key = reason.split(' (')[0]
+      counts[key] = counts.get(key, 0) + 1
+    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+      lines.append(f'  {n:>5}  {reason}')
+    return '\n'.join(lines)
+
+
+def split_of(key: str) -> str:
+  """Stable 80/10/10 split of a string key (sha256, not Python's hash())."""
+  bucket = int(hashlib.sha256(key.encode('utf-8')).hexdigest()[:8], 16) % 100
+  return 'train' if bucket < 80 else 'valid' if bucket < 90 else 'test'
+
+
+def bwv_key(filename: str) -> str:
+  """'.../bwv248.23-2.mxl' -> 'bwv248.23' (the BWV number without version)."""
+  stem = os.path.basename(filename).rsplit('.', 1)[0].lower()
+  return stem.split('-')[0]
+
+
+def _finish(piece: PianoRoll, data: dict) -> PianoRoll:
+  """Applies transpose and min_steps to a fresh piece; MidiError to skip it."""
+  if piece.num_steps == 0 or not piece.roll.any():
+    raise MidiError('no notes after quantization')
+  if piece.num_steps < data['min_steps']:
+    raise MidiError(f'shorter than min_steps ({piece.num_steps} < {data["min_steps"]} frames)')
+  if data['transpose'] == 'tonic':
+    piece = pianoroll.to_common_tonic(piece)
+  return piece
+
+
+def chorale_to_pretty_midi(path: str):
+  """A music21 score -> (PrettyMIDI of its S, A, T, B parts, meta entries).
+
+  Parts that are not voices are removed before music21 writes the MIDI (that
+  write is most of the cost); MidiError if the voices cannot be identified.
+  """
+  import music21  # pylint: disable=g-import-not-at-top  (heavy; workers only)
+  import pretty_midi  # pylint: disable=g-import-not-at-top
+  score = music21.converter.parse(path)
+  parts = list(score.parts)
+  keep = satb_indices([p.partName for p in parts])
+  for i, part in enumerate(parts):
+    if i not in keep:
+      score.remove(part)
+  order = [parts.index(p) for p in score.parts]  # Kept parts, in score order.
+  notes = {}
+  repeat_classes = (music21.bar.Repeat, music21.repeat.RepeatExpression,
+                    music21.spanner.RepeatBracket)
+  if not score.recurse().getElementsByClass(repeat_classes):
+    # Nothing to expand: skip the deep copy that expandRepeats makes inside
+    # streamToMidiFile (half its cost; this score is ours to mutate, and the
+    # MIDI bytes are identical for every chorale of music21 10.5).
+    score.expandRepeats = lambda *args, **kwargs: score
+  try:
+    midi_bytes = music21.midi.translate.streamToMidiFile(score).writestr()
+  except music21.repeat.ExpanderException:  # Badly formed repeats: play as written.
+    for m in score.recurse().getElementsByClass(music21.stream.Measure):
+      for side in ('leftBarline', 'rightBarline'):
+        if isinstance(getattr(m, side), music21.bar.Repeat):
+          setattr(m, side, None)
+    midi_bytes = music21.midi.translate.streamToMidiFile(score).writestr()
+    notes['repeats'] = 'badly formed repeats: not expanded'
+  pm = pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes))
+  if len(pm.instruments) != 4:
+    raise MidiError(f'expected 4 voice tracks in the MIDI, got {len(pm.instruments)}')
+  pm.instruments = [pm.instruments[order.index(k)] for k in keep]
+  notes['parts'] = [parts[k].partName or '' for k in keep]
+  return pm, notes
+
+
+def _chorale(path: str, data: dict):
+  """Worker: one music21 chorale -> (name, split, PianoRoll or reason)."""
+  name = os.path.basename(path)
+  try:
+    pm, meta = chorale_to_pretty_midi(path)
+    meta.update(file=name, source='bach_chorales')
+    piece = pianoroll.from_pretty_midi(pm, data['steps_per_quarter'], voices=[0, 1, 2, 3],
+                                       voice_names=SATB, meta=meta)
+    return name, split_of(bwv_key(name)), _finish(piece, data)
+  except MidiError as e:
+    return name, None, str(e)
+  except Exception as e:  # music21 raises many kinds on odd scores.
+    return name, None, f'cannot convert ({type(e).__name__}: {e})'
+
+
+def _midi_file(path: str, rel: str, data: dict):
+  """Worker: one .mid file -> (relpath, split, PianoRoll or reason)."""
+  try:
+    piece = pianoroll.from_midi(path, data['steps_per_quarter'],
+                                meta={'file': rel, 'source': 'midi_dir'})
+    return rel, split_of(rel), _finish(piece, data)
+  except MidiError as e:
+    return rel, None, str(e)
+
+
+def _jsb_pieces(path: str, data: dict):
+  """Reads a JSB JSON file -> (grid, [(name, split, PianoRoll or reason)])."""
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CorpusError(f'{path}: not a readable JSB JSON file ({e})') from e
+  if not isinstance(raw, dict) or not all(isinstance(raw.get(s), list) for s in SPLITS):
+    raise CorpusError(f'{path}: expected a JSON object with lists "train", "valid", "test"')
+  separated = all(len(frame) == 4 for s in SPLITS for piece in raw[s] for frame in piece)
+  grid = 4 if separated else 1
+  note = ('JSB: already in C major / C minor on its own grid; data.transpose and '
+          'data.steps_per_quarter do not apply')
+  results = []
+  for split in SPLITS:
+    for i, frames in enumerate(raw[split]):
+      name = f'{split}/{i}'
+      meta = {'file': name, 'source': 'jsb', 'transpose_note': note,
+              'key_signature': None, 'time_signature': None}
+      try:
+        if separated:
+          voices = np.array(frames, dtype=np.int64).reshape(-1, 4)
+          voices[voices < 0] = pianoroll.REST
+          _check_range(voices[voices != pianoroll.REST])
+          meta['voice_names'] = list(SATB)
+          piece = PianoRoll(pianoroll.voices_to_roll(voices), voices, grid, meta)
+        else:
+          roll = np.zeros((len(frames), pianoroll.NUM_KEYS), dtype=bool)
+          for t, frame in enumerate(frames):
+            pitches = np.array(frame, dtype=np.int64)
+            _check_range(pitches)
+            roll[t, pitches - pianoroll.LOWEST_PITCH] = True
+          meta['voice_names'] = None
+          piece = PianoRoll(roll, None, grid, meta)
+        results.append((name, split, _finish(piece, dict(data, transpose='none'))))
+      except MidiError as e:
+        results.append((name, None, str(e)))
+      except (TypeError, ValueError) as e:
+        results.append((name, None, f'malformed piece ({e})'))
+  return grid, results
+
+
+def _check_range(pitches):
+  if pitches.size and (pitches.min() < pianoroll.LOWEST_PITCH or
+                       pitches.max() > pianoroll.HIGHEST_PITCH):
+    raise MidiError(f'notes outside the piano range ({pitches.min()}..{pitches.max()})')
+
+
+def _parse_source(source: str):
+  """'midi_dir:PATH' -> ('midi_dir', abspath); checks the path exists."""
+  if source == 'bach_chorales':
+    return 'bach_chorales', None
+  for kind in ('midi_dir', 'jsb'):
+    if source.startswith(kind + ':'):
+      path = os.path.abspath(os.path.expanduser(source[len(kind) + 1:]))
+      if not os.path.exists(path):
+        raise CorpusError(f'{path}: source path does not exist ({source!r})')
+      if kind == 'midi_dir' and not os.path.isdir(path):
+        raise CorpusError(f'{path}: midi_dir source is not a directory')
+      return kind, path
+  raise CorpusError(f"unknown data.source {source!r}: expected 'bach_chorales', "
+                    "'midi_dir:PATH' or 'jsb:PATH'")
+
+
+def _midi_files(root: str):
+  """Sorted (abspath, relpath) of every .mid/.midi under root."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for f in filenames:
+      if f.lower().endswith(('.mid', '.midi')):
+        full = os.path.join(dirpath, f)
+        found.append((full, os.path.relpath(full, root)))
+  return sorted(found, key=lambda x: x[1])
+
+
+def chorale_paths():
+  """Sorted paths of the music21 Bach chorales (.mxl, .krn, .xml; no .rntxt)."""
+  import music21  # pylint: disable=g-import-not-at-top
+  paths = [str(p) for p in music21.corpus.getComposer('bach')]
+  return sorted((p for p in paths if p.lower().endswith(('.mxl', '.krn', '.xml'))),
+                key=os.path.basename)
+
+
+def _run_jobs(fn, jobs, workers: int, progress: bool, desc: str):
+  """Runs fn(*job) for every job, in a process pool when workers > 1."""
+  workers = workers or os.cpu_count() or 1
+  workers = max(1, min(workers, len(jobs)))
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=len(jobs), desc=desc, file=sys.stderr, disable=not progress,
+             unit='file')
+  results = []
+  if workers == 1:
+    for job in jobs:
+      results.append(fn(*job))
+      bar.update()
+  else:
+    # spawn: the parent may already run JAX threads, which fork does not survive.
+    ctx = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+      futures = [pool.submit(fn, *job) for job in jobs]
+      for future in concurrent.futures.as_completed(futures):
+        bar.update()
+      results = [f.result() for f in futures]
+  bar.close()
+  return results
+
+
+def _cache_key(kind, path, data):
+  key = {'format': FORMAT_VERSION, 'source': kind,
+         'min_steps': int(data['min_steps'])}
+  if kind != 'jsb':
+    key.update(steps_per_quarter=int(data['steps_per_quarter']),
+               transpose=str(data['transpose']))
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  key['pretty_midi'] = metadata.version('pretty_midi')
+  if kind == 'bach_chorales':
+    key['music21'] = metadata.version('music21')
+  elif kind == 'midi_dir':
+    key['path'] = path
+    key['files'] = [(rel, os.stat(full).st_size, os.stat(full).st_mtime_ns)
+                    for full, rel in _midi_files(path)]
+  else:
+    st = os.stat(path)
+    key.update(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+  return key
+
+
+def default_cache_dir() -> str:
+  return os.environ.get('BACH_JAX_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'bach_jax')
+
+
+def load_corpus(data_config, cache_dir: Optional[str] = None,
+                progress: bool = True) -> Corpus:
+  """Prepares (or reads from the cache) the pieces of `data_config.source`.
+
+  Args:
+    data_config: `config.data` (source, steps_per_quarter, transpose,
+      min_steps, cache_dir, workers); a dict works too.
+    cache_dir: overrides data_config.cache_dir and the default location.
+    progress: show a tqdm bar on stderr while preparing.
+
+  Returns:
+    The Corpus.
+
+  Raises:
+    CorpusError: the source path does not exist or yields no usable piece.
+  """
+  get = data_config.get
+  data = {'source': get('source', 'bach_chorales'),
+          'steps_per_quarter': int(get('steps_per_quarter', 4)),
+          'transpose': get('transpose', 'tonic'),
+          'min_steps': int(get('min_steps', 16))}
+  workers = int(get('workers', 0) or 0)
+  kind, path = _parse_source(data['source'])
+  cache_dir = cache_dir or get('cache_dir', '') or default_cache_dir()
+  key = _cache_key(kind, path, data)
+  if kind == 'midi_dir' and not key['files']:
+    raise CorpusError(f'{path}: no .mid/.midi files found')
+  cache_path = _cache_path(cache_dir, kind, key)
+  cached = _read_cache(cache_path, key)
+  if cached is not None:
+    splits, skipped, grid = cached
+    return _corpus(splits, skipped, data['source'], grid, cache_path, True)
+
+  if kind == 'jsb':
+    grid, results = _jsb_pieces(path, data)
+  elif kind == 'midi_dir':
+    grid = data['steps_per_quarter']
+    jobs = [(full, rel, data) for full, rel in _midi_files(path)]
+    results = _run_jobs(_midi_file, jobs, workers, progress, 'midi files')
+  else:
+    grid = data['steps_per_quarter']
+    jobs = [(p, data) for p in chorale_paths()]
+    results = _run_jobs(_chorale, jobs, workers, progress, 'bach chorales')
+  splits = {s: [] for s in SPLITS}
+  skipped = []
+  for name, split, out in results:
+    if split is None:
+      logging.warning('skipping %s: %s', name, out)
+      skipped.append((name, out))
+    else:
+      splits[split].append(out)
+  if not any(splits.values()):
+    raise CorpusError(f'{path or kind}: no usable piece ({len(skipped)} files skipped, '
+                      f'first: {skipped[0][0] if skipped else "-"}: '
+                      f'{skipped[0][1] if skipped else "-"})')
+  _write_cache(cache_path, key, splits, skipped, grid)
+  return _corpus(splits, skipped, data['source'], grid, cache_path, False)
+
+
+def _corpus(splits, skipped, source, grid, cache_path, hit) -> Corpus:
+  counts = {p.num_voices for s in SPLITS for p in splits[s]}
+  num_voices = counts.pop() if len(counts) == 1 else None
+  return Corpus(splits, skipped, source, grid, num_voices, cache_path, hit)
+
+
+def _cache_path(cache_dir: str, kind: str, key: dict) -> str:
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+  return os.path.join(os.path.expanduser(cache_dir), f'{kind}-{digest}.npz')
+
+
+def _write_cache(path: str, key: dict, splits: dict, skipped: list, grid: int):
+  """Writes the pieces as one .npz: temp file in the same dir, then os.replace."""
+  arrays = {'key': np.array(json.dumps(key, sort_keys=True)),
+            'skipped': np.array(json.dumps(skipped)), 'grid': np.array(grid)}
+  for s in SPLITS:
+    pieces = splits[s]
+    arrays[f'{s}.lengths'] = np.array([p.num_steps for p in pieces], dtype=np.int64)
+    arrays[f'{s}.num_voices'] = np.array(
+        [-1 if p.voices is None else p.num_voices for p in pieces], dtype=np.int64)
+    arrays[f'{s}.roll'] = np.packbits(
+        np.concatenate([p.roll for p in pieces] or [np.zeros((0, 88), bool)]), axis=-1)
+    arrays[f'{s}.voices'] = np.concatenate(
+        [p.voices.ravel() for p in pieces if p.voices is not None] or
+        [np.zeros(0, np.int16)]).astype(np.int16)
+    arrays[f'{s}.meta'] = np.array(json.dumps([p.meta for p in pieces]))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp'
+  try:
+    with open(tmp, 'wb') as f:
+      np.savez_compressed(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:
+    logging.warning('could not write the cache %s: %s', path, e)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _read_cache(path: str, key: dict):
+  """(splits, skipped, grid) from a cache file with this key, else None."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      if json.loads(str(z['key'])) != json.loads(json.dumps(key, sort_keys=True)):
+        raise ValueError('key mismatch')
+      grid = int(z['grid'])
+      skipped = [tuple(x) for x in json.loads(str(z['skipped']))]
+      splits = {}
+      for s in SPLITS:
+        lengths, nv = z[f'{s}.lengths'], z[f'{s}.num_voices']
+        roll = np.unpackbits(z[f'{s}.roll'], axis=-1, count=pianoroll.NUM_KEYS).astype(bool)
+        voices, metas = z[f'{s}.voices'], json.loads(str(z[f'{s}.meta']))
+        if roll.shape[0] != lengths.sum() or len(metas) != len(lengths):
+          raise ValueError('inconsistent arrays')
+        pieces, t0, v0 = [], 0, 0
+        for length, v, meta in zip(lengths, nv, metas):
+          piece_voices = None
+          if v >= 0:
+            piece_voices = voices[v0:v0 + length * v].reshape(length, v)
+            v0 += length * v
+          pieces.append(PianoRoll(roll[t0:t0 + length], piece_voices, grid, meta))
+          t0 += length
+        if v0 != voices.size:
+          raise ValueError('inconsistent voices')
+        splits[s] = pieces
+    return splits, skipped, grid
+  except Exception as e:  # A truncated or foreign file: rebuild it.
+    logging.warning('ignoring unusable cache %s (%s: %s)', path, type(e).__name__, e)
+    return None
