@@ -50,10 +50,11 @@ from typing import Optional
 
 import numpy as np
 
+from bach_jax.data import cache
 from bach_jax.data import pianoroll
 from bach_jax.data.pianoroll import SATB, MidiError, PianoRoll, satb_indices
 
-SPLITS = ('train', 'valid', 'test')
+SPLITS = cache.SPLITS
 FORMAT_VERSION = 2  # Bump when the prepared pieces or the cache layout change.
 class CorpusError(ValueError):
   """A source cannot be prepared (missing path, no usable piece...)."""
@@ -354,8 +355,8 @@ def load_corpus(data_config, cache_dir: Optional[str] = None,
   key = _cache_key(kind, path, data)
   if kind == 'midi_dir' and not key['files']:
     raise CorpusError(f'{path}: no .mid/.midi files found')
-  cache_path = _cache_path(cache_dir, kind, key)
-  cached = _read_cache(cache_path, key)
+  cache_path = cache.path_for(cache_dir, kind, key)
+  cached = cache.read(cache_path, key)
   if cached is not None:
     splits, skipped, grid = cached
     return _corpus(splits, skipped, data['source'], grid, cache_path, True)
@@ -382,7 +383,7 @@ def load_corpus(data_config, cache_dir: Optional[str] = None,
     raise CorpusError(f'{path or kind}: no usable piece ({len(skipped)} files skipped, '
                       f'first: {skipped[0][0] if skipped else "-"}: '
                       f'{skipped[0][1] if skipped else "-"})')
-  _write_cache(cache_path, key, splits, skipped, grid)
+  cache.write(cache_path, key, splits, skipped, grid)
   return _corpus(splits, skipped, data['source'], grid, cache_path, False)
 
 
@@ -390,72 +391,3 @@ def _corpus(splits, skipped, source, grid, cache_path, hit) -> Corpus:
   counts = {p.num_voices for s in SPLITS for p in splits[s]}
   num_voices = counts.pop() if len(counts) == 1 else None
   return Corpus(splits, skipped, source, grid, num_voices, cache_path, hit)
-
-
-def _cache_path(cache_dir: str, kind: str, key: dict) -> str:
-  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-  return os.path.join(os.path.expanduser(cache_dir), f'{kind}-{digest}.npz')
-
-
-def _write_cache(path: str, key: dict, splits: dict, skipped: list, grid: int):
-  """Writes the pieces as one .npz: temp file in the same dir, then os.replace."""
-  arrays = {'key': np.array(json.dumps(key, sort_keys=True)),
-            'skipped': np.array(json.dumps(skipped)), 'grid': np.array(grid)}
-  for s in SPLITS:
-    pieces = splits[s]
-    arrays[f'{s}.lengths'] = np.array([p.num_steps for p in pieces], dtype=np.int64)
-    arrays[f'{s}.num_voices'] = np.array(
-        [-1 if p.voices is None else p.num_voices for p in pieces], dtype=np.int64)
-    arrays[f'{s}.roll'] = np.packbits(
-        np.concatenate([p.roll for p in pieces] or [np.zeros((0, 88), bool)]), axis=-1)
-    arrays[f'{s}.voices'] = np.concatenate(
-        [p.voices.ravel() for p in pieces if p.voices is not None] or
-        [np.zeros(0, np.int16)]).astype(np.int16)
-    arrays[f'{s}.meta'] = np.array(json.dumps([p.meta for p in pieces]))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp'
-  try:
-    with open(tmp, 'wb') as f:
-      np.savez_compressed(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except OSError as e:
-    logging.warning('could not write the cache %s: %s', path, e)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def _read_cache(path: str, key: dict):
-  """(splits, skipped, grid) from a cache file with this key, else None."""
-  if not os.path.exists(path):
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      if json.loads(str(z['key'])) != json.loads(json.dumps(key, sort_keys=True)):
-        raise ValueError('key mismatch')
-      grid = int(z['grid'])
-      skipped = [tuple(x) for x in json.loads(str(z['skipped']))]
-      splits = {}
-      for s in SPLITS:
-        lengths, nv = z[f'{s}.lengths'], z[f'{s}.num_voices']
-        roll = np.unpackbits(z[f'{s}.roll'], axis=-1, count=pianoroll.NUM_KEYS).astype(bool)
-        voices, metas = z[f'{s}.voices'], json.loads(str(z[f'{s}.meta']))
-        if roll.shape[0] != lengths.sum() or len(metas) != len(lengths):
-          raise ValueError('inconsistent arrays')
-        pieces, t0, v0 = [], 0, 0
-        for length, v, meta in zip(lengths, nv, metas):
-          piece_voices = None
-          if v >= 0:
-            piece_voices = voices[v0:v0 + length * v].reshape(length, v)
-            v0 += length * v
-          pieces.append(PianoRoll(roll[t0:t0 + length], piece_voices, grid, meta))
-          t0 += length
-        if v0 != voices.size:
-          raise ValueError('inconsistent voices')
-        splits[s] = pieces
-    return splits, skipped, grid
-  except Exception as e:  # A truncated or foreign file: rebuild it.
-    logging.warning('ignoring unusable cache %s (%s: %s)', path, type(e).__name__, e)
-    return None
