@@ -6,8 +6,16 @@ the gate math. Parameters are stored in the fused layout
 `w_ih: [D, 4H]`, `w_hh: [H, 4H]`, `b: [4H]` with gates in the order
 (input, forget, cell, output), the same layout as cuDNN / torch.nn.LSTM
 (transposed), so the weights can be compared with reference implementations.
+
+The backward pass is hand-written (`jax.custom_vjp`), the way cuDNN and oneDNN
+do it: the forward scan saves only the gate activations and the cell states,
+the reverse scan computes only the gate gradients and the (dh, dc) carries, and
+the recurrent weight gradient is then one large matmul over all time steps
+instead of T small ones accumulated inside the scan. Second-order reverse mode
+(grad of grad) works; forward mode (jax.jvp, jacfwd) does not.
 """
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -17,28 +25,95 @@ import jax.numpy as jnp
 Carry = Tuple[jax.Array, jax.Array]  # (h, c), each float[B, H].
 
 
-def lstm_scan(x_proj, w_hh, h0, c0):
-  """Runs one LSTM layer over time given the hoisted input projection.
+def _matmul(a, b, dtype):
+  """a @ b with inputs cast to `dtype` and float32 accumulation/output."""
+  return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
-  Args:
-    x_proj: float[T, B, 4H], x_t @ w_ih + b for every step (time-major).
-    w_hh: float[H, 4H], recurrent weights.
-    h0, c0: float[B, H], initial state.
 
-  Returns:
-    hs: float[T, B, H] hidden outputs; (h_T, c_T) the final state.
+def _lstm_forward(x_proj, w_hh, h0, c0, dtype, save_residuals):
+  """The forward scan. Returns (hs, cs, acts) or hs, and the final (h, c).
+
+  hs, cs: float[T, B, H]; acts: float[T, B, 4H], the gate activations
+  (sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)) that the backward pass needs.
   """
+  w_hh = w_hh.astype(dtype)  # Cast once, not once per step.
 
   def step(carry, xp):
     h, c = carry
-    gates = xp + h @ w_hh
+    gates = xp + _matmul(h, w_hh, dtype)
     i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return (h, c), h
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    out = (h, c, jnp.concatenate([i, f, g, o], axis=-1)) if save_residuals else h
+    return (h, c), out
 
-  (h, c), hs = jax.lax.scan(step, (h0, c0), x_proj)
-  return hs, (h, c)
+  carry, out = jax.lax.scan(step, (h0, c0), x_proj)
+  return out, carry
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _lstm_scan(x_proj, w_hh, h0, c0, dtype):
+  hs, carry = _lstm_forward(x_proj, w_hh, h0, c0, dtype, save_residuals=False)
+  return hs, carry
+
+
+def _lstm_scan_fwd(x_proj, w_hh, h0, c0, dtype):
+  (hs, cs, acts), carry = _lstm_forward(x_proj, w_hh, h0, c0, dtype, save_residuals=True)
+  return (hs, carry), (w_hh, h0, c0, hs, cs, acts)
+
+
+def _lstm_scan_bwd(dtype, residuals, cotangents):
+  """Reverse scan for the gate gradients; weight gradient as one matmul after."""
+  w_hh, h0, c0, hs, cs, acts = residuals
+  d_hs, (d_h_last, d_c_last) = cotangents
+  c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
+  w_hh_t = w_hh.T.astype(dtype)  # Transposed once, outside the scan.
+
+  def step(carry, xs):
+    d_h, d_c = carry
+    d_h_out, act, c, c_before = xs
+    i, f, g, o = jnp.split(act, 4, axis=-1)
+    d_h = d_h + d_h_out
+    tanh_c = jnp.tanh(c)
+    d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)
+    d_gates = jnp.concatenate([
+        d_c * g * i * (1.0 - i),
+        d_c * c_before * f * (1.0 - f),
+        d_c * i * (1.0 - g * g),
+        d_h * tanh_c * o * (1.0 - o),
+    ], axis=-1)
+    return (_matmul(d_gates, w_hh_t, dtype), d_c * f), d_gates
+
+  (d_h0, d_c0), d_gates = jax.lax.scan(
+      step, (d_h_last, d_c_last), (d_hs, acts, cs, c_prev), reverse=True)
+  h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+  # One matmul contracting time and batch. No reshape, and the output sharding
+  # is w_hh's: B may be sharded over a mesh (the compiler adds the all-reduce).
+  d_w_hh = jnp.einsum('tbh,tbg->hg', h_prev.astype(dtype), d_gates.astype(dtype),
+                      preferred_element_type=jnp.float32,
+                      out_sharding=jax.typeof(w_hh).sharding)
+  return d_gates, d_w_hh.astype(w_hh.dtype), d_h0, d_c0
+
+
+_lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+
+
+def lstm_scan(x_proj, w_hh, h0, c0, *, dtype=None):
+  """Runs one LSTM layer over time given the hoisted input projection.
+
+  Args:
+    x_proj: float32[T, B, 4H], x_t @ w_ih + b for every step (time-major).
+    w_hh: float[H, 4H], recurrent weights; its gradient comes back in its dtype.
+    h0, c0: float32[B, H], initial state.
+    dtype: matmul input dtype (e.g. bfloat16); accumulation stays float32.
+      None = w_hh.dtype.
+
+  Returns:
+    hs: float32[T, B, H] hidden outputs; (h_T, c_T) the final state.
+  """
+  dtype = jnp.dtype(w_hh.dtype if dtype is None else dtype)
+  return _lstm_scan(x_proj, w_hh, h0, c0, dtype)
 
 
 class LSTMLayer(nn.Module):
@@ -62,7 +137,7 @@ class LSTMLayer(nn.Module):
     x_tm = jnp.swapaxes(x, 0, 1).astype(self.dtype)
     x_proj = jnp.einsum('tbd,dg->tbg', x_tm, w_ih.astype(self.dtype),
                         preferred_element_type=jnp.float32) + b
-    hs, carry = lstm_scan(x_proj, w_hh, *carry)
+    hs, carry = lstm_scan(x_proj, w_hh, *carry, dtype=self.dtype)
     return jnp.swapaxes(hs, 0, 1), carry
 
 

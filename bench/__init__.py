@@ -1,0 +1,1 @@
+"""Benchmarks that print ratios against a reference run side by side."""

@@ -1,0 +1,542 @@
+"""One LSTM training step, side by side: bach_jax vs flax nn.RNN vs torch.nn.LSTM.
+
+The paper's baseline: piano-roll batches float32[B, T, 88], a 2-layer LSTM with
+512 units, a dense layer to 88 logits, sigmoid BCE summed over the keys and
+averaged over batch and time, Adam. Each implementation runs one full training
+step (forward, backward, optimizer update); the runs are interleaved
+(A B C A B C ...) after a warm-up so that drift of the machine hits all alike.
+
+  python -m bench.train_step                 # 64x32 and 128x128, 20 steps each
+  python -m bench.train_step --quick         # smoke run: 64x32, 3 steps
+  python -m bench.train_step --malloc=tuned  # re-runs itself under GLIBC_TUNABLES
+
+Output: one JSON line per measurement (stdout, or --out FILE), then a table.
+
+FLOPs are counted as 3x the forward matmuls (backward = 2x forward) of the two
+LSTM layers and the dense layer: per frame 2*4H*(D+H) + 2*4H*(2H) + 2*H*88.
+This counts the input gradient of the first layer, which no implementation
+computes (about 1.8% over). Elementwise work is not counted.
+"""
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ''):  # Run as `python bench/train_step.py`.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+NUM_KEYS = 88
+HIDDEN = 512
+NUM_LAYERS = 2
+LEARNING_RATE = 1e-3
+# What the notes in shared/notes/lstm-cpu-probe.md found to remove most page faults.
+TUNED_MALLOC = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
+                'glibc.malloc.trim_threshold=68719476736')
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--sizes', default=None,
+                 help='Comma-separated BATCHxSTEPS (default 64x32,128x128; --quick: 64x32).')
+  p.add_argument('--steps', type=int, default=None,
+                 help='Timed steps per implementation and size (default 20; --quick: 3).')
+  p.add_argument('--warmup', type=int, default=None,
+                 help='Untimed steps per implementation after compiling (default 3; --quick: 1).')
+  p.add_argument('--impls', default='bach_jax,flax,torch',
+                 help='Comma-separated subset of bach_jax,flax,torch.')
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                 help='Matmul input dtype of the JAX LSTMs (float32 accumulation).')
+  p.add_argument('--quick', action='store_true', help='Few steps, one size: a smoke run.')
+  p.add_argument('--out', default=None, help='Write the JSON lines here instead of stdout.')
+  p.add_argument('--malloc', default='asis', choices=['asis', 'tuned'],
+                 help="'tuned': re-execute under GLIBC_TUNABLES=" + TUNED_MALLOC)
+  p.add_argument('--skip', default=None,
+                 help="Comma-separated extra measurements to skip: 'data', 'sampling' "
+                 "(default none; --quick: 'data', which takes minutes on a fresh cache).")
+  args = p.parse_args(argv)
+  args.sizes = args.sizes or ('64x32' if args.quick else '64x32,128x128')
+  args.steps = args.steps or (3 if args.quick else 20)
+  args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+  if args.skip is None:
+    args.skip = 'data' if args.quick else ''
+  return args
+
+
+def maybe_reexec_with_tuned_malloc(args, argv):
+  """glibc reads GLIBC_TUNABLES at process start, so the setting needs a new process."""
+  if args.malloc == 'tuned' and os.environ.get('GLIBC_TUNABLES') != TUNED_MALLOC:
+    env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC)
+    os.execve(sys.executable, [sys.executable, '-m', 'bench.train_step'] + argv,
+              dict(env, PYTHONPATH=os.pathsep.join(
+                  [REPO_ROOT] + [p for p in [env.get('PYTHONPATH')] if p])))
+
+
+def forward_flops(batch, steps, hidden=HIDDEN, num_layers=NUM_LAYERS, keys=NUM_KEYS):
+  """Matmul FLOPs of one forward pass (multiply-add = 2)."""
+  per_frame = 0
+  d = keys
+  for _ in range(num_layers):
+    per_frame += 2 * 4 * hidden * (d + hidden)
+    d = hidden
+  per_frame += 2 * hidden * keys
+  return per_frame * batch * steps
+
+
+def step_flops(batch, steps):
+  return 3 * forward_flops(batch, steps)
+
+
+def make_rolls(batch, steps, seed=0):
+  """bool[batch, steps + 1, 88]: the LSTM then runs `steps` steps (inputs = roll[:, :-1])."""
+  rng = np.random.default_rng(seed)
+  return rng.random((batch, steps + 1, NUM_KEYS)) < 0.05
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+def _jax_num_threads():
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def _bce_loss(logits, targets):
+  """Sigmoid BCE summed over keys, mean over batch and time."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1))
+
+
+def make_bach_jax_step(roll, dtype):
+  """bach_jax's step as the trainer runs it: sharded jit, state donated.
+
+  Uses bach_jax.models.lstm with configs/lstm.py (dropout 0, no gradient
+  clipping, no weight decay: plain Adam like the others) where it exists, else
+  the same network built from layers.LSTMStack.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  batch = {'roll': roll, 'mask': np.ones((roll.shape[0],), bool)}
+  rng = jax.random.key(0)
+  try:
+    from bach_jax.models import lstm  # pylint: disable=g-import-not-at-top
+    config_mod = _load_config_module('lstm')
+  except ImportError:
+    lstm = config_mod = None
+  if lstm is not None and config_mod is not None:
+    config = config_mod.get_config()
+    config.model.dropout_rate = 0.0
+    config.model.dtype = dtype
+    config.train.batch_size = roll.shape[0]
+    config.train.grad_clip_norm = 0.0
+    config.train.weight_decay = 0.0
+    config.train.learning_rate = LEARNING_RATE
+    state = jax.jit(functools.partial(lstm.init, config), out_shardings=repl)(rng, batch)
+
+    def step_fn(state, batch, rng):
+      return lstm.train_step(config, state, batch, jax.random.fold_in(rng, state.step))
+    source = 'bach_jax.models.lstm'
+  else:
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    import optax  # pylint: disable=g-import-not-at-top
+    from bach_jax.models.layers import LSTMStack  # pylint: disable=g-import-not-at-top
+
+    class Net(nn.Module):
+
+      @nn.compact
+      def __call__(self, x):
+        h, _ = LSTMStack(HIDDEN, NUM_LAYERS, 0.0, jnp.dtype(dtype))(x)
+        return nn.Dense(NUM_KEYS)(h)
+
+    net, tx = Net(), optax.adam(LEARNING_RATE)
+
+    def init(rng, batch):
+      params = net.init(rng, batch['roll'][:, :-1].astype(jnp.float32))['params']
+      return {'params': params, 'opt': tx.init(params)}
+
+    state = jax.jit(init, out_shardings=repl)(rng, batch)
+
+    def step_fn(state, batch, rng):
+      del rng
+      roll = batch['roll'].astype(jnp.float32)
+
+      def loss_fn(params):
+        return _bce_loss(net.apply({'params': params}, roll[:, :-1]), roll[:, 1:])
+      loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+      updates, opt = tx.update(grads, state['opt'], state['params'])
+      return {'params': optax.apply_updates(state['params'], updates), 'opt': opt}, {
+          'loss': loss}
+    source = 'bach_jax.models.layers.LSTMStack (models/lstm.py not found)'
+
+  step = jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,))
+  batch = jax.device_put(batch, data)
+  return _JaxRunner(step, state, (batch, rng), source)
+
+
+def make_flax_step(roll, dtype):
+  """flax.linen.RNN(OptimizedLSTMCell) x 2 + Dense, optax.adam, plain jit."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  class Net(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      for _ in range(NUM_LAYERS):
+        x = nn.RNN(nn.OptimizedLSTMCell(HIDDEN, dtype=jnp.dtype(dtype)))(x)
+      return nn.Dense(NUM_KEYS)(x)
+
+  net, tx = Net(), optax.adam(LEARNING_RATE)
+  roll = jnp.asarray(roll)
+  params = net.init(jax.random.key(0), roll[:, :-1].astype(jnp.float32))['params']
+  state = (params, tx.init(params))
+
+  @jax.jit
+  def step(state, roll):
+    params, opt = state
+    roll = roll.astype(jnp.float32)
+
+    def loss_fn(params):
+      return _bce_loss(net.apply({'params': params}, roll[:, :-1]), roll[:, 1:])
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return (optax.apply_updates(params, updates), opt), {'loss': loss}
+
+  return _JaxRunner(step, state, (roll,), 'flax.linen.RNN(OptimizedLSTMCell)')
+
+
+def _load_config_module(name):
+  path = os.path.join(REPO_ROOT, 'configs', f'{name}.py')
+  if not os.path.exists(path):
+    return None
+  spec = importlib.util.spec_from_file_location(f'bench_configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+class _JaxRunner:
+  """Holds a jitted step and its state; step() runs one and waits for it."""
+
+  def __init__(self, step, state, args, source):
+    self.step_fn, self.state, self.args, self.source = step, state, args, source
+    t0 = time.perf_counter()
+    self.compiled = step.lower(state, *args).compile()
+    self.compile_s = time.perf_counter() - t0
+
+  def step(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.state, metrics = self.compiled(self.state, *self.args)
+    jax.block_until_ready((self.state, metrics))
+    return metrics
+
+
+# --------------------------------------------------------------------------- torch
+
+
+class _TorchRunner:
+  """torch.nn.LSTM (fused kernel) + Linear, torch.optim.Adam."""
+
+  def __init__(self, roll, device):
+    import torch  # pylint: disable=g-import-not-at-top
+    self.torch, self.device = torch, device
+    torch.manual_seed(0)
+    self.lstm = torch.nn.LSTM(NUM_KEYS, HIDDEN, num_layers=NUM_LAYERS, batch_first=True,
+                              dropout=0.0).to(device)
+    self.dense = torch.nn.Linear(HIDDEN, NUM_KEYS).to(device)
+    params = list(self.lstm.parameters()) + list(self.dense.parameters())
+    self.opt = torch.optim.Adam(params, lr=LEARNING_RATE)
+    roll = torch.from_numpy(roll.astype(np.float32)).to(device)
+    self.inputs, self.targets = roll[:, :-1].contiguous(), roll[:, 1:].contiguous()
+    self.source = f'torch {torch.__version__} nn.LSTM on {device}'
+    self.compile_s = 0.0
+
+  def step(self):
+    torch = self.torch
+    self.opt.zero_grad(set_to_none=True)
+    h, _ = self.lstm(self.inputs)
+    logits = self.dense(h)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, self.targets, reduction='sum') / (logits.shape[0] * logits.shape[1])
+    loss.backward()
+    self.opt.step()
+    if self.device != 'cpu':
+      torch.cuda.synchronize()
+    return {'loss': loss.item()}
+
+
+def _torch_device(jax_backend):
+  """'cpu', 'cuda' or None (no torch, or torch cannot use this accelerator)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None, 'torch not installed (pip install -e .[bench])'
+  if jax_backend == 'cpu':
+    torch.set_num_threads(_jax_num_threads())
+    return 'cpu', ''
+  if jax_backend == 'gpu' and torch.cuda.is_available():
+    return 'cuda', ''
+  return None, f'torch has no device for jax backend {jax_backend!r}'
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class Emitter:
+  """Writes JSON lines to stdout or a file; keeps the records for the table."""
+
+  def __init__(self, path):
+    self.file = open(path, 'a') if path else sys.stdout
+    self.records = []
+
+  def __call__(self, **record):
+    self.records.append(record)
+    self.file.write(json.dumps(record) + '\n')
+    self.file.flush()
+
+
+def environment(args):
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax  # pylint: disable=g-import-not-at-top
+  env = {
+      'kind': 'env', 'python': platform.python_version(), 'jax': jax.__version__,
+      'flax': flax.__version__, 'backend': jax.default_backend(),
+      'devices': [str(d) for d in jax.devices()], 'device_count': jax.device_count(),
+      'cpu': _cpu_model(), 'threads': _jax_num_threads(),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'dtype': args.dtype,
+      'loadavg_start': list(os.getloadavg()),
+  }
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    env['torch'] = torch.__version__
+    env['torch_threads'] = torch.get_num_threads()
+  except ImportError:
+    env['torch'] = None
+  return env
+
+
+def _cpu_model():
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def matmul_peak(repeats):
+  """Best float32 GFLOP/s of a 2048^3 matmul in jax (the 'peak' we compare to)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  n = 2048
+  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+  mm = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.DEFAULT))
+  mm(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    mm(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n ** 3 / min(times) / 1e9, 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _summary(times):
+  ts = sorted(times)
+  q = np.percentile(ts, [25, 75])
+  return {'median_ms': 1e3 * statistics.median(ts), 'min_ms': 1e3 * ts[0],
+          'max_ms': 1e3 * ts[-1], 'p25_ms': 1e3 * q[0], 'p75_ms': 1e3 * q[1], 'n': len(ts)}
+
+
+def bench_size(args, emit, batch, steps, peak, torch_device):
+  roll = make_rolls(batch, steps)
+  runners = {}
+  makers = {'bach_jax': lambda: make_bach_jax_step(roll, args.dtype),
+            'flax': lambda: make_flax_step(roll, args.dtype),
+            'torch': lambda: _TorchRunner(roll, torch_device)}
+  for name in args.impls.split(','):
+    if name == 'torch' and torch_device is None:
+      emit(kind='train_step', impl='torch', size=f'{batch}x{steps}', skipped=_TORCH_WHY[0])
+      continue
+    runners[name] = makers[name]()
+    for _ in range(args.warmup + (1 if name == 'torch' else 0)):
+      runners[name].step()
+  times = {name: [] for name in runners}
+  cpu_times = {name: [] for name in runners}
+  losses = {}
+  for _ in range(args.steps):
+    for name, runner in runners.items():  # Interleaved: A B C A B C ...
+      c0, t0 = time.process_time(), time.perf_counter()
+      metrics = runner.step()
+      times[name].append(time.perf_counter() - t0)
+      cpu_times[name].append(time.process_time() - c0)
+      losses[name] = float(metrics['loss'])
+  flops = step_flops(batch, steps)
+  results = {}
+  for name, runner in runners.items():
+    s = _summary(times[name])
+    gflops = flops / (s['median_ms'] / 1e3) / 1e9
+    results[name] = dict(kind='train_step', impl=name, source=runner.source,
+                         size=f'{batch}x{steps}', batch=batch, steps=steps, **s,
+                         compile_s=runner.compile_s, gflop=flops / 1e9, gflops=gflops,
+                         pct_peak=100 * gflops / peak, last_loss=losses[name],
+                         # Process CPU seconds (all threads) per step: less sensitive than
+                         # wall time to other processes on the machine, but it counts
+                         # OpenMP spin-waiting (torch) as work.
+                         cpu_median_ms=1e3 * statistics.median(cpu_times[name]))
+  for name, r in results.items():
+    if 'torch' in results:
+      r['ratio_vs_torch'] = r['median_ms'] / results['torch']['median_ms']
+    r['loadavg_end'] = list(os.getloadavg())
+    emit(**r)
+
+
+_TORCH_WHY = ['']
+
+
+def bench_data_prep(emit):
+  try:
+    from bach_jax.data import corpora  # pylint: disable=g-import-not-at-top
+    config_mod = _load_config_module('lstm')
+  except ImportError as e:
+    emit(kind='data_prep', skipped=f'ImportError: {e}')
+    return
+  if config_mod is None:
+    emit(kind='data_prep', skipped='configs/lstm.py not found')
+    return
+  config = config_mod.get_config()
+  with tempfile.TemporaryDirectory() as cache_dir:
+    config.data.cache_dir = cache_dir
+    try:
+      t0 = time.perf_counter()
+      corpus = corpora.load_corpus(config.data, progress=False)
+      seconds = time.perf_counter() - t0
+    except Exception as e:  # pylint: disable=broad-except
+      emit(kind='data_prep', skipped=f'{type(e).__name__}: {e}')
+      return
+  pieces = {k: len(v) for k, v in getattr(corpus, 'splits', {}).items()}
+  emit(kind='data_prep', source=config.data.source, seconds=seconds, pieces=pieces,
+       workers=config.data.workers)
+
+
+def bench_sampling(emit, quick):
+  """Frames per second of configs/lstm_attn.py's sampler (random init, jitted)."""
+  config_mod = _load_config_module('lstm_attn')
+  if config_mod is None:
+    emit(kind='sampling', skipped='configs/lstm_attn.py not found')
+    return
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    from bach_jax import generate, models, train  # pylint: disable=g-import-not-at-top
+    config = config_mod.get_config()
+    if config.model.get('num_voices', 0) == -1:
+      config.model.num_voices = 4  # What check_corpus sets for the chorales.
+    num_voices = config.model.get('num_voices', 0) or None
+    family = models.get_family(config.model.name)
+    state = family.init(config, jax.random.key(0), train.example_batch(config, num_voices))
+    num_steps = 32 if quick else config.sample.num_steps
+    request = generate.make_request(config, num_steps=num_steps, num_voices=num_voices)
+    t0 = time.perf_counter()
+    generate.sample(family, config, state.params, jax.random.key(1), request)
+    first_s = time.perf_counter() - t0
+    times = []
+    for i in range(2 if quick else 5):
+      t0 = time.perf_counter()
+      generate.sample(family, config, state.params, jax.random.key(2 + i), request)
+      times.append(time.perf_counter() - t0)
+  except Exception as e:  # pylint: disable=broad-except
+    emit(kind='sampling', skipped=f'{type(e).__name__}: {e}')
+    return
+  frames = request.num_pieces * request.num_steps
+  emit(kind='sampling', config='configs/lstm_attn.py', pieces=request.num_pieces,
+       steps=request.num_steps, first_call_s=first_s, median_s=statistics.median(times),
+       frames_per_s=frames / statistics.median(times))
+
+
+def print_table(records, file=sys.stdout):
+  env = next(r for r in records if r['kind'] == 'env')
+  peaks = [r for r in records if r['kind'] == 'matmul_peak']
+  peak_text = ', '.join(f"{r['gflops_best']:.0f}" for r in peaks)
+  print(f"\nbackend {env['backend']} ({env['cpu']}), {env['threads']} threads, "
+        f"dtype {env['dtype']}, GLIBC_TUNABLES={env['glibc_tunables'] or '(unset)'}\n"
+        f"float32 2048^3 matmul peak (start, end): "
+        f"{peak_text} GFLOP/s; "
+        f"% peak uses the start value", file=file)
+  header = ('size', 'impl', 'median ms', 'min-max ms', 'IQR ms', 'x torch', 'GFLOP/s',
+            '% peak', 'compile s')
+  rows = []
+  for r in records:
+    if r['kind'] != 'train_step':
+      continue
+    if 'skipped' in r:
+      rows.append((r['size'], r['impl'], 'skipped: ' + r['skipped'], '', '', '', '', '', ''))
+      continue
+    rows.append((r['size'], r['impl'], f"{r['median_ms']:.1f}",
+                 f"{r['min_ms']:.1f}-{r['max_ms']:.1f}", f"{r['p25_ms']:.1f}-{r['p75_ms']:.1f}",
+                 f"{r['ratio_vs_torch']:.3f}" if 'ratio_vs_torch' in r else '-',
+                 f"{r['gflops']:.1f}", f"{r['pct_peak']:.0f}", f"{r['compile_s']:.1f}"))
+  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+  for row in [header] + rows:
+    print('  '.join(str(x).rjust(w) for x, w in zip(row, widths)), file=file)
+  for r in records:
+    if r['kind'] in ('data_prep', 'sampling'):
+      if 'skipped' in r:
+        print(f"{r['kind']}: skipped ({r['skipped']})", file=file)
+      elif r['kind'] == 'data_prep':
+        print(f"data_prep: {r['seconds']:.1f} s ({r['source']}, fresh cache)", file=file)
+      else:
+        print(f"sampling: {r['frames_per_s']:.0f} frames/s ({r['pieces']} pieces x "
+              f"{r['steps']} steps, {r['config']})", file=file)
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  maybe_reexec_with_tuned_malloc(args, argv)
+  import jax  # pylint: disable=g-import-not-at-top
+
+  emit = Emitter(args.out)
+  emit(**environment(args))
+  torch_device, why = _torch_device(jax.default_backend())
+  _TORCH_WHY[0] = why
+  repeats = 3 if args.quick else 10
+  best, median = matmul_peak(repeats)
+  emit(kind='matmul_peak', n=2048, dtype='float32', gflops_best=best, gflops_median=median)
+  for size in args.sizes.split(','):
+    batch, steps = (int(v) for v in size.lower().split('x'))
+    bench_size(args, emit, batch, steps, best, torch_device)
+  best, median = matmul_peak(repeats)  # Again at the end: the peak may drift too.
+  emit(kind='matmul_peak', n=2048, dtype='float32', gflops_best=best, gflops_median=median)
+  skip = set(filter(None, args.skip.split(',')))
+  if 'sampling' in skip:
+    emit(kind='sampling', skipped='--skip')
+  else:
+    bench_sampling(emit, args.quick)
+  if 'data' in skip:
+    emit(kind='data_prep', skipped='--skip' + (' (default with --quick)' if args.quick else ''))
+  else:
+    bench_data_prep(emit)
+  print_table(emit.records)
+
+
+if __name__ == '__main__':
+  main()

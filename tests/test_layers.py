@@ -1,0 +1,214 @@
+"""Tests for bach_jax.models.layers: the custom-VJP scan LSTM against references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bach_jax.models import layers
+
+RTOL = ATOL = 1e-5
+# Most tests compile with LLVM optimization off: half the compile time on a
+# 2-core CPU, same arithmetic. One case runs with the default (production) flags.
+_FAST_COMPILE = {'xla_backend_optimization_level': 0}
+
+
+def _jit(fn, optimize=False, **kwargs):
+  return jax.jit(fn, compiler_options=None if optimize else _FAST_COMPILE, **kwargs)
+
+
+def reference_lstm(x, params, carry):
+  """A straightforward per-step LSTM with plain autodiff (no custom VJP).
+
+  x: float[B, T, D]; params: w_ih [D, 4H], w_hh [H, 4H], b [4H], gates i, f, g, o;
+  carry: (h, c) float[B, H]. Returns (float[B, T, H], (h, c)).
+  """
+  hi = jax.lax.Precision.HIGHEST
+
+  def step(carry, x_t):
+    h, c = carry
+    gates = (jnp.dot(x_t, params['w_ih'], precision=hi)
+             + jnp.dot(h, params['w_hh'], precision=hi) + params['b'])
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+  carry, hs = jax.lax.scan(step, carry, jnp.swapaxes(x, 0, 1))
+  return jnp.swapaxes(hs, 0, 1), carry
+
+
+def _random_problem(batch, steps, in_size, hidden, seed=0):
+  ks = jax.random.split(jax.random.key(seed), 8)
+  params = {
+      'w_ih': jax.random.normal(ks[0], (in_size, 4 * hidden)) / np.sqrt(in_size),
+      'w_hh': jax.random.normal(ks[1], (hidden, 4 * hidden)) / np.sqrt(hidden),
+      'b': 0.1 * jax.random.normal(ks[2], (4 * hidden,)),
+  }
+  x = jax.random.normal(ks[3], (batch, steps, in_size))
+  carry = (0.5 * jax.random.normal(ks[4], (batch, hidden)),
+           jax.random.normal(ks[5], (batch, hidden)))
+  # Fixed random projections make every output and the final carry matter.
+  probes = (jax.random.normal(ks[6], (batch, steps, hidden)),
+            jax.random.normal(ks[7], (2, batch, hidden)))
+  return params, x, carry, probes
+
+
+def _loss(apply_fn, probes):
+  """-> loss(params, x, carry) -> (scalar, (outputs, final carry)), for value_and_grad."""
+  def loss(params, x, carry):
+    hs, (h, c) = apply_fn(x, params, carry)
+    value = (jnp.sum(hs * probes[0]) + jnp.sum(h * probes[1][0])
+             + jnp.sum(jnp.sin(c) * probes[1][1]))
+    return value, (hs, (h, c))
+  return loss
+
+
+def _outputs_and_grads(apply_fn, probes, argnums=(0, 1, 2), use_jit=True, optimize=False):
+  """-> fn(params, x, carry) -> ((outputs, final carry), grads): one compilation."""
+  fn = jax.value_and_grad(_loss(apply_fn, probes), argnums=argnums, has_aux=True)
+  fn = _jit(fn, optimize) if use_jit else fn
+  return lambda *args: (lambda r: (r[0][1], r[1]))(fn(*args))
+
+
+def _layer_apply(x, params, carry):
+  return layers.LSTMLayer(params['w_hh'].shape[0]).apply({'params': params}, x, carry)
+
+
+def _assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL):
+  flat_a, tree_a = jax.tree_util.tree_flatten(actual)
+  flat_e, tree_e = jax.tree_util.tree_flatten(expected)
+  assert tree_a == tree_e
+  for path, a, e in zip(jax.tree_util.tree_leaves(jax.tree_util.tree_map_with_path(
+      lambda p, _: jax.tree_util.keystr(p), expected)), flat_a, flat_e):
+    np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=path)
+
+
+@pytest.mark.parametrize('batch,steps,in_size,hidden,use_jit,optimize', [
+    (3, 1, 5, 4, True, False),    # T=1: the sampling case.
+    (4, 9, 6, 8, True, True),     # Compiled as in production.
+    (2, 3, 3, 16, False, False),  # Eager (op by op) differentiation.
+])
+def test_layer_matches_reference_outputs_and_gradients(batch, steps, in_size, hidden, use_jit,
+                                                       optimize):
+  params, x, carry, probes = _random_problem(batch, steps, in_size, hidden)
+  # Outputs and gradients w.r.t. every parameter, the input and the initial
+  # carry, with the final carry in the loss.
+  actual = _outputs_and_grads(_layer_apply, probes, use_jit=use_jit, optimize=optimize)(
+      params, x, carry)
+  expected = _outputs_and_grads(reference_lstm, probes)(params, x, carry)
+  _assert_trees_close(actual, expected)
+
+
+def test_layer_zero_carry_default_matches_reference():
+  params, x, _, probes = _random_problem(5, 6, 7, 8, seed=1)
+  zero = (jnp.zeros((5, 8)),) * 2
+  actual = _outputs_and_grads(_layer_apply, probes, argnums=0)(params, x, None)
+  expected = _outputs_and_grads(reference_lstm, probes, argnums=0)(params, x, zero)
+  _assert_trees_close(actual, expected)
+
+
+def test_second_order_gradients_match_reference():
+  """grad of grad (e.g. a WGAN gradient penalty through an LSTM critic)."""
+  params, x, carry, probes = _random_problem(2, 5, 3, 4, seed=2)
+
+  def penalty(apply_fn):
+    def fn(params):
+      g = jax.grad(lambda *a: _loss(apply_fn, probes)(*a)[0], argnums=1)(params, x, carry)
+      return jnp.sum(g * g)
+    return fn
+
+  _assert_trees_close(_jit(jax.grad(penalty(_layer_apply)))(params),
+                      _jit(jax.grad(penalty(reference_lstm)))(params), rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_with_batch_sharded_over_a_mesh():
+  """The trainer's setting: state replicated, batch sharded on 'data' (explicit mesh)."""
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  params, x, carry, probes = _random_problem(4, 5, 3, 8, seed=6)
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  fn = jax.value_and_grad(_loss(_layer_apply, probes), argnums=(0, 1, 2), has_aux=True)
+  sharded = _jit(fn, in_shardings=(repl, data, data), out_shardings=repl)
+  actual = sharded(jax.device_put(params, repl), jax.device_put(x, data),
+                   jax.device_put(carry, data))
+  _assert_trees_close(actual[1], _outputs_and_grads(reference_lstm, probes)(params, x, carry)[1])
+
+
+def test_layer_parameter_names_and_shapes():
+  params = _jit(layers.LSTMLayer(16).init)(jax.random.key(0), jnp.zeros((2, 3, 5)))['params']
+  shapes = jax.tree_util.tree_map(jnp.shape, params)
+  assert shapes == {'w_ih': (5, 64), 'w_hh': (16, 64), 'b': (64,)}
+  np.testing.assert_array_equal(params['b'], np.r_[np.zeros(16), np.ones(16), np.zeros(32)])
+
+
+def test_stack_stepwise_equals_whole_sequence():
+  stack = layers.LSTMStack(hidden_size=8, num_layers=3)
+  x = jax.random.normal(jax.random.key(3), (4, 7, 5))
+  params = _jit(stack.init)(jax.random.key(4), x)
+  whole, whole_carry = _jit(stack.apply)(params, x)
+
+  def stepwise(params, x):
+    def one_step(carry, x_t):
+      out, carry = stack.apply(params, x_t[:, None], carry)
+      return carry, out[:, 0]
+    return jax.lax.scan(one_step, stack.zero_carry(4), jnp.swapaxes(x, 0, 1))
+
+  carry, outs = _jit(stepwise)(params, x)
+  _assert_trees_close((jnp.swapaxes(outs, 0, 1), carry), (whole, whole_carry))
+
+
+def test_bfloat16_matmuls_stay_close_to_float32():
+  params, x, carry, probes = _random_problem(4, 6, 5, 8, seed=5)
+
+  def apply(dtype):
+    def fn(x, params, carry):
+      return layers.LSTMLayer(8, dtype=dtype).apply({'params': params}, x, carry)
+    return fn
+
+  (out16, _), g16 = _outputs_and_grads(apply(jnp.bfloat16), probes, argnums=0)(params, x, carry)
+  (out32, _), g32 = _outputs_and_grads(apply(jnp.float32), probes, argnums=0)(params, x, carry)
+  assert out16.dtype == jnp.float32
+  np.testing.assert_allclose(out16, out32, atol=5e-2)
+  assert jax.tree_util.tree_map(lambda a: a.dtype, g16) == jax.tree_util.tree_map(
+      lambda a: a.dtype, params)
+  for k in g32:
+    scale = np.max(np.abs(g32[k]))
+    np.testing.assert_allclose(g16[k] / scale, g32[k] / scale, atol=5e-2, err_msg=k)
+
+
+def test_stack_matches_torch_lstm():
+  torch = pytest.importorskip('torch')
+  batch, steps, in_size, hidden, num_layers = 3, 6, 5, 8, 2
+  torch.manual_seed(0)
+  ref = torch.nn.LSTM(in_size, hidden, num_layers=num_layers, batch_first=True).double()
+  x = np.random.default_rng(0).normal(size=(batch, steps, in_size))
+  # torch keeps two biases per layer and weights as [4H, D]; ours are summed and transposed.
+  params = {'params': {
+      f'lstm_{l}': {
+          'w_ih': getattr(ref, f'weight_ih_l{l}').detach().numpy().T.astype(np.float32),
+          'w_hh': getattr(ref, f'weight_hh_l{l}').detach().numpy().T.astype(np.float32),
+          'b': (getattr(ref, f'bias_ih_l{l}') + getattr(ref, f'bias_hh_l{l}')
+                ).detach().numpy().astype(np.float32),
+      } for l in range(num_layers)}}
+  xt = torch.tensor(x, requires_grad=True)
+  ref_out, (ref_h, ref_c) = ref(xt)
+  ref_out.sum().backward()
+
+  stack = layers.LSTMStack(hidden, num_layers)
+  out, carry = _jit(stack.apply)(params, jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(out, ref_out.detach().numpy(), rtol=RTOL, atol=ATOL)
+  for l in range(num_layers):
+    np.testing.assert_allclose(carry[l][0], ref_h[l].detach().numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(carry[l][1], ref_c[l].detach().numpy(), rtol=RTOL, atol=ATOL)
+
+  grads = _jit(jax.grad(
+      lambda p: jnp.sum(stack.apply(p, jnp.asarray(x, jnp.float32))[0])))(params)
+  for l in range(num_layers):
+    g = grads['params'][f'lstm_{l}']
+    np.testing.assert_allclose(g['w_hh'], getattr(ref, f'weight_hh_l{l}').grad.numpy().T,
+                               rtol=1e-4, atol=ATOL)
+    np.testing.assert_allclose(g['w_ih'], getattr(ref, f'weight_ih_l{l}').grad.numpy().T,
+                               rtol=1e-4, atol=ATOL)
+    np.testing.assert_allclose(g['b'], getattr(ref, f'bias_ih_l{l}').grad.numpy(),
+                               rtol=1e-4, atol=ATOL)
