@@ -13,6 +13,7 @@ def get_config(arg=''):
   m.hidden_size = 512  # LSTM units per layer.
   m.num_layers = 2
   m.dropout_rate = 0.5  # After each LSTM layer, training only.
+  m.input_dropout_rate = 0.0  # On the previous-frame input (a denoising regularizer; 0 = paper).
   m.dtype = 'float32'  # Matmul input dtype: 'bfloat16' is faster on TPU/GPU.
 
   config.train.num_steps = 3000

@@ -22,13 +22,16 @@ class NextFrameLSTM(nn.Module):
   num_layers: int = 2
   dropout_rate: float = 0.5
   dtype: jnp.dtype = jnp.float32
+  input_dropout_rate: float = 0.0
 
   def setup(self):
     self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype)
+    self.input_dropout = nn.Dropout(self.input_dropout_rate)
     self.out = nn.Dense(NUM_KEYS)
 
   def __call__(self, inputs, carry=None, *, deterministic=True):
-    h, carry = self.stack(inputs.astype(jnp.float32), carry, deterministic=deterministic)
+    x = self.input_dropout(inputs.astype(jnp.float32), deterministic=deterministic)
+    h, carry = self.stack(x, carry, deterministic=deterministic)
     return self.out(h), carry
 
 
@@ -37,6 +40,7 @@ def validate(config):
   m = config.model
   for key, ok in (('hidden_size', m.hidden_size >= 1), ('num_layers', m.num_layers >= 1),
                   ('dropout_rate', 0.0 <= m.dropout_rate < 1.0),
+                  ('input_dropout_rate', 0.0 <= m.get('input_dropout_rate', 0.0) < 1.0),
                   ('dtype', m.dtype in ('float32', 'bfloat16'))):
     if not ok:
       raise ConfigError(f'config.model.{key}: invalid value {m[key]!r}')
@@ -44,7 +48,8 @@ def validate(config):
 
 def make_model(config):
   m = config.model
-  return NextFrameLSTM(m.hidden_size, m.num_layers, m.dropout_rate, jnp.dtype(m.dtype))
+  return NextFrameLSTM(m.hidden_size, m.num_layers, m.dropout_rate, jnp.dtype(m.dtype),
+                       m.get('input_dropout_rate', 0.0))
 
 
 def init(config, rng, example_batch):

@@ -1,0 +1,481 @@
+"""The flagship model: LSTM + causal attention + autoregressive per-voice heads.
+
+Structure, per time step t (input: the previous frame, its 88-key roll plus, in
+voice mode, an embedding of each voice's pitch class):
+
+  h_t   = LSTMStack(x_<=t)                         shared scan LSTM (layers.py)
+  c_t   = causal multi-head attention of h_t over h_<=t (optional window limit,
+          learned relative-position bias), projected back to the hidden size
+  z_t   = [h_t, c_t]
+  head j: logits_j = W_j relu(A_j z_t + sum_{i<j} E_{j,i}[slot_i])  (autoregressive)
+          or W_j relu(A_j z_t)                                      (independent)
+
+The heads give an exact probability of the whole frame: p(frame) = prod_j
+p(slot_j | z_t, slot_<j). A slot's classes are the pitches min_pitch..max_pitch
+(class k = pitch min_pitch + k) and one more class K = REST (voice mode) or
+end-of-frame (set mode).
+
+Two ways of cutting a frame into slots:
+* voice mode (corpus with voices, e.g. S,A,T,B): slot j is voice
+  `order[j]` ('soprano_first' = S,A,T,B; 'bass_first' = B,T,A,S), REST allowed.
+  The NLL is -log p(voices of the frame).
+* set mode (no voices: JSB quarter benchmark, arbitrary MIDI): the frame's notes
+  sorted by pitch ('soprano_first' = highest first, 'bass_first' = lowest
+  first), max_notes slots. A structural mask allows only strictly monotone
+  pitches and, after end-of-frame, only end-of-frame (probability 1), so every
+  set of at most max_notes notes has exactly one path and sum over sets = 1.
+  The NLL is -log p(88-key frame), comparable with the published JSB numbers.
+  With heads='independent' the heads see no learned embedding of the earlier
+  slots, but the structural mask still depends on the previous slot, so the
+  frame probability stays exact (the ablation removes only the learned
+  conditioning).
+
+Sampling is one lax.scan over steps with the LSTM carry and an attention cache
+(keys/values in a fixed [N, T, heads, d] buffer) threaded through; `make_step_fn`
+is shared with `score_stepwise`, which the tests compare with `eval_step`.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bach_jax import config_base
+from bach_jax.models import common
+from bach_jax.models.layers import LSTMStack
+
+NUM_KEYS = 88
+LOWEST_PITCH = 21
+NEG = -1e9  # Logit of a forbidden class (finite: no NaN in log_softmax).
+_BIG = 1 << 20
+
+
+# ----------------------------------------------------------------- config
+
+def _require(ok, key, message):
+  if not ok:
+    raise config_base.ConfigError(f'config.model.{key}: {message}')
+
+
+def validate(config):
+  """Checks config.model; raises ConfigError naming the key."""
+  m = config.model
+  _require(m.heads in ('autoregressive', 'independent'), 'heads',
+           f"must be 'autoregressive' or 'independent', got {m.heads!r}")
+  _require(m.voice_order in ('soprano_first', 'bass_first'), 'voice_order',
+           f"must be 'soprano_first' or 'bass_first', got {m.voice_order!r}")
+  _require(LOWEST_PITCH <= m.min_pitch <= LOWEST_PITCH + NUM_KEYS - 1, 'min_pitch',
+           f'must be a piano key (21..108), got {m.min_pitch}')
+  _require(m.min_pitch <= m.max_pitch <= LOWEST_PITCH + NUM_KEYS - 1, 'max_pitch',
+           f'must be in min_pitch..108, got {m.max_pitch}')
+  _require(m.max_notes >= 1, 'max_notes', f'must be >= 1, got {m.max_notes}')
+  _require(m.num_voices >= -1, 'num_voices', 'must be -1 (from the corpus), 0 (set mode) or V')
+  _require(m.hidden_size > 0 and m.num_layers > 0, 'hidden_size', 'and num_layers must be > 0')
+  _require(0 <= m.dropout_rate < 1, 'dropout_rate', 'must be in [0, 1)')
+  dim = m.attn_dim or m.hidden_size
+  _require(m.attn_heads > 0 and dim % m.attn_heads == 0, 'attn_heads',
+           f'{m.attn_heads} must divide attn_dim {dim}')
+  _require(m.attn_window >= 0, 'attn_window', 'must be >= 0 (0 = no limit)')
+  _require(m.attn_max_distance >= 1, 'attn_max_distance', 'must be >= 1')
+
+
+def check_corpus(config, corpus):
+  """Resolves model.num_voices from the corpus and checks pitches / notes per frame."""
+  m = config.model
+  if m.num_voices == -1:
+    m.num_voices = int(corpus.num_voices or 0)
+  if m.num_voices and m.num_voices != corpus.num_voices:
+    raise config_base.ConfigError(
+        f'config.model.num_voices={m.num_voices} but data.source={config.data.source!r} has '
+        f'{corpus.num_voices} voices (use -1 to follow the corpus, 0 for set mode)')
+  aug = int(config.data.augment_transpose)
+  most, lo, hi = 0, 999, -1
+  for pieces in corpus.splits.values():
+    for p in pieces:
+      if p.roll.size:
+        most = max(most, int(p.roll.sum(axis=1).max()))
+        keys = p.roll.any(axis=0).nonzero()[0]
+        if keys.size:
+          lo, hi = min(lo, int(keys[0]) + LOWEST_PITCH), max(hi, int(keys[-1]) + LOWEST_PITCH)
+  if hi >= 0 and (lo - aug < m.min_pitch or hi + aug > m.max_pitch):
+    raise config_base.ConfigError(
+        f'config.model.min_pitch/max_pitch: {m.min_pitch}..{m.max_pitch} does not cover the '
+        f'corpus pitches {lo}..{hi} (+-{aug} of data.augment_transpose)')
+  if not m.num_voices and most > m.max_notes:
+    raise config_base.ConfigError(
+        f'config.model.max_notes={m.max_notes}: a frame of data.source={config.data.source!r} '
+        f'has {most} notes; set model.max_notes >= {most}')
+
+
+class _Info:
+  """Static facts derived from the config (and the batch or params for num_voices)."""
+
+  def __init__(self, config, num_voices):
+    m = config.model
+    self.lo = int(m.min_pitch)
+    self.num_keys = int(m.max_pitch) - self.lo + 1  # K; class K = REST / end-of-frame.
+    self.num_classes = self.num_keys + 1
+    self.num_voices = int(num_voices)
+    self.num_slots = self.num_voices or int(m.max_notes)
+    self.soprano_first = m.voice_order == 'soprano_first'
+    order = list(range(self.num_voices))
+    self.order = order if self.soprano_first else order[::-1]  # Slot j <- voice order[j].
+
+
+def _info(config, batch=None, params=None):
+  n = config.model.num_voices
+  if n < 0 and batch is not None:
+    n = batch['voices'].shape[-1] if 'voices' in batch else 0
+  elif n < 0 and params is not None:
+    n = params['in_embed'].shape[0] if 'in_embed' in params else 0
+  elif n < 0:
+    raise config_base.ConfigError('config.model.num_voices: unresolved (-1); run check_corpus')
+  return _Info(config, n)
+
+
+# ------------------------------------------------------ frames <-> slots
+
+def voice_classes(info, voices):
+  """int[..., V] MIDI pitches (REST -1) -> int32[..., V] classes (REST -> K)."""
+  voices = jnp.asarray(voices, jnp.int32)
+  return jnp.where(voices < 0, info.num_keys, jnp.clip(voices - info.lo, 0, info.num_keys - 1))
+
+
+def frame_slots(info, roll, voices=None):
+  """A frame's slot classes in head order: int32[..., S].
+
+  roll: bool[..., 88]; voices: int[..., V] (voice mode). In set mode, keys
+  beyond the first max_notes in the chosen order are dropped (check_corpus
+  makes sure a corpus has none).
+  """
+  if info.num_voices:
+    return voice_classes(info, voices)[..., jnp.array(info.order)]
+  cls = jnp.arange(NUM_KEYS) + LOWEST_PITCH - info.lo
+  ok = roll & (cls >= 0) & (cls < info.num_keys)
+  key = jnp.where(ok, -cls if info.soprano_first else cls, _BIG)
+  s = jnp.sort(key, axis=-1)[..., :info.num_slots]
+  return jnp.where(s == _BIG, info.num_keys, jnp.abs(s)).astype(jnp.int32)
+
+
+def slots_to_frame(info, slots):
+  """int[..., S] slot classes -> (roll bool[..., 88], voice classes int32[..., V] or None)."""
+  idx = jnp.where(slots == info.num_keys, -1, slots + info.lo - LOWEST_PITCH)
+  roll = jnp.any(jax.nn.one_hot(idx, NUM_KEYS, dtype=jnp.bool_), axis=-2)
+  if not info.num_voices:
+    return roll, None
+  inverse = [info.order.index(v) for v in range(info.num_voices)]
+  return roll, slots[..., jnp.array(inverse)]
+
+
+def structural_mask(info, j, prev):
+  """bool[..., C]: classes slot j may take after slot j-1 = prev (int[...]); None = all."""
+  if info.num_voices or j == 0:
+    return None
+  k = jnp.arange(info.num_classes)
+  p = prev[..., None]
+  keys = (k > p) if not info.soprano_first else (k < p)
+  return jnp.where(p == info.num_keys, k == info.num_keys, keys | (k == info.num_keys))
+
+
+def _mask_logits(info, j, logits, prev):
+  allowed = structural_mask(info, j, prev)
+  return logits if allowed is None else jnp.where(allowed, logits, NEG)
+
+
+# ------------------------------------------------------------------ model
+
+def _attend(q, k, v, q_pos, k_pos, window, rel_bias):
+  """Causal attention. q: [B, Tq, H, d]; k, v: [B, Tk, H, d] -> [B, Tq, H, d]."""
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  dist = q_pos[:, None] - k_pos[None, :]  # [Tq, Tk]
+  ok = dist >= 0
+  if window:
+    ok &= dist < window
+  if rel_bias is not None:
+    scores = scores + rel_bias[:, jnp.clip(dist, 0, rel_bias.shape[1] - 1)]
+  scores = jnp.where(ok, scores, NEG)
+  return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, axis=-1), v)
+
+
+class LSTMAttn(nn.Module):
+  """See the module docstring. All shapes: B batch, T steps, S slots, C classes."""
+  num_classes: int
+  num_slots: int
+  num_voices: int
+  hidden_size: int = 512
+  num_layers: int = 2
+  dropout_rate: float = 0.5
+  attention: bool = True
+  attn_heads: int = 4
+  attn_dim: int = 0
+  attn_window: int = 0
+  attn_rel_bias: bool = True
+  attn_max_distance: int = 64
+  embed_dim: int = 16
+  head_hidden: int = 256
+  autoregressive: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype)
+    init = nn.initializers.normal(0.1)
+    if self.num_voices:
+      self.in_embed = self.param('in_embed', init,
+                                 (self.num_voices, self.num_classes, self.embed_dim))
+    if self.attention:
+      dim = self.attn_dim or self.hidden_size
+      self.qkv = nn.Dense(3 * dim, use_bias=False)
+      self.attn_out = nn.Dense(self.hidden_size)
+      self.rel_bias = (self.param('rel_bias', nn.initializers.zeros,
+                                  (self.attn_heads, self.attn_max_distance))
+                       if self.attn_rel_bias else None)
+    self.drop = nn.Dropout(self.dropout_rate)
+    self.head_in = [nn.Dense(self.head_hidden) for _ in range(self.num_slots)]
+    self.head_out = [nn.Dense(self.num_classes) for _ in range(self.num_slots)]
+    if self.autoregressive and self.num_slots > 1:
+      self.cond = self.param('cond', nn.initializers.normal(0.1), (
+          self.num_slots, self.num_slots - 1, self.num_classes, self.head_hidden))
+
+  def embed_inputs(self, roll, vcls=None):
+    """roll: [..., 88]; vcls: int[..., V] voice classes -> float[..., D]."""
+    x = roll.astype(jnp.float32)
+    if self.num_voices:
+      e = self.in_embed[jnp.arange(self.num_voices), vcls]  # [..., V, E]
+      x = jnp.concatenate([x, e.reshape(e.shape[:-2] + (-1,))], axis=-1)
+    return x
+
+  def _qkv(self, h):
+    q, k, v = jnp.split(self.qkv(h), 3, axis=-1)
+    split = lambda a: a.reshape(a.shape[:-1] + (self.attn_heads, -1))
+    return split(q), split(k), split(v)
+
+  def _combine(self, h, ctx, deterministic):
+    ctx = self.attn_out(ctx.reshape(ctx.shape[:-2] + (-1,)))
+    return jnp.concatenate([h, self.drop(ctx, deterministic=deterministic)], axis=-1)
+
+  def encode(self, x, deterministic=True):
+    """Whole sequences. x: float[B, T, D] -> z float[B, T, Dz]."""
+    h, _ = self.stack(x, None, deterministic=deterministic)
+    if not self.attention:
+      return h
+    q, k, v = self._qkv(h)
+    pos = jnp.arange(x.shape[1])
+    ctx = _attend(q, k, v, pos, pos, self.attn_window, self.rel_bias)
+    return self._combine(h, ctx, deterministic)
+
+  def encode_step(self, x, carry, cache, t):
+    """One step. x: float[N, D]; cache: (k, v) float[N, T_max, H, d] or None; t: int.
+
+    -> (z float[N, Dz], carry, cache) with step t's keys/values written at t.
+    """
+    h, carry = self.stack(x[:, None], carry)
+    if not self.attention:
+      return h[:, 0], carry, cache
+    q, k, v = self._qkv(h)
+    kc = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=1)
+    vc = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=1)
+    ctx = _attend(q, kc, vc, jnp.reshape(t, (1,)), jnp.arange(kc.shape[1]),
+                  self.attn_window, self.rel_bias)
+    return self._combine(h, ctx, True)[:, 0], carry, (kc, vc)
+
+  def head_logits(self, j, z, prev, deterministic=True):
+    """Head j. z: float[..., Dz]; prev: int[..., >= j] earlier slots -> float[..., C]."""
+    u = self.head_in[j](z)
+    if self.autoregressive:
+      for i in range(j):
+        u = u + self.cond[j, i][prev[..., i]]
+    u = self.drop(nn.relu(u), deterministic=deterministic)
+    return self.head_out[j](u)
+
+  def __call__(self, x, slots, deterministic=True):
+    """Teacher-forced. x: float[B, T, D]; slots: int[B, T, S] targets -> [B, T, S, C]."""
+    z = self.encode(x, deterministic)
+    return jnp.stack([self.head_logits(j, z, slots, deterministic)
+                      for j in range(self.num_slots)], axis=-2)
+
+
+def make_model(config, info):
+  m = config.model
+  return LSTMAttn(
+      info.num_classes, info.num_slots, info.num_voices, m.hidden_size, m.num_layers,
+      m.dropout_rate, m.attention, m.attn_heads, m.attn_dim, m.attn_window, m.attn_rel_bias,
+      m.attn_max_distance, m.embed_dim, m.head_hidden, m.heads == 'autoregressive',
+      jnp.dtype(m.dtype))
+
+
+# --------------------------------------------------------- family surface
+
+def _inputs_targets(info, batch):
+  """-> (roll_in [B, T-1, 88], vcls_in or None, target slots int32[B, T-1, S])."""
+  roll, voices = batch['roll'], batch.get('voices') if info.num_voices else None
+  vcls = None if voices is None else voice_classes(info, voices[:, :-1])
+  target = frame_slots(info, roll[:, 1:], None if voices is None else voices[:, 1:])
+  return roll[:, :-1], vcls, target
+
+
+def frame_logits(config, params, batch, rng=None):
+  """Teacher-forced masked logits float[B, T-1, S, C] and target slots int32[B, T-1, S]."""
+  info = _info(config, batch, params)
+  model = make_model(config, info)
+  roll, vcls, target = _inputs_targets(info, batch)
+  x = model.apply({'params': params}, roll, vcls, method=LSTMAttn.embed_inputs)
+  logits = model.apply({'params': params}, x, target, deterministic=rng is None,
+                       rngs=None if rng is None else {'dropout': rng})
+  prev = jnp.concatenate([target[..., :1], target[..., :-1]], axis=-1)
+  logits = jnp.stack([_mask_logits(info, j, logits[..., j, :], prev[..., j])
+                      for j in range(info.num_slots)], axis=-2)
+  return logits, target
+
+
+def frame_nll(config, params, batch, rng=None):
+  """-log p(frame t | frames < t): float[B, T-1] (nats), exact."""
+  logits, target = frame_logits(config, params, batch, rng)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.sum(jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0], axis=-1)
+
+
+def init(config, rng, example_batch):
+  """-> TrainState with freshly initialized params and optimizer state."""
+  info = _info(config, example_batch)
+  model = make_model(config, info)
+  roll, vcls, target = _inputs_targets(info, example_batch)
+  x = jnp.zeros(roll.shape[:-1] + (NUM_KEYS + info.num_voices * config.model.embed_dim,))
+  params = model.init(rng, x, target)['params']
+  return common.create_state(params, config.train)
+
+
+def train_step(config, state, batch, rng):
+  """batch: roll bool[B, W, 88], mask bool[B], voices int32[B, W, V]. -> (state, metrics)."""
+  def loss_fn(params):
+    nll = frame_nll(config, params, batch, jax.random.fold_in(rng, 0))
+    mask = jnp.broadcast_to(batch['mask'][:, None], nll.shape).astype(jnp.float32)
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  state, grad_norm = common.apply_gradients(state, grads, config.train)
+  return state, {'loss': loss, 'grad_norm': grad_norm}
+
+
+def eval_step(config, params, batch):
+  """batch: roll bool[B, T, 88], frame_mask bool[B, T] (+ voices) -> summed NLL, frames."""
+  nll = frame_nll(config, params, batch)
+  mask = batch['frame_mask'][:, 1:].astype(jnp.float32)
+  return {'nll_sum': jnp.sum(nll * mask), 'frames': jnp.sum(mask)}
+
+
+# ------------------------------------------------------- step-by-step path
+
+def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
+  """Temperature, then top-k, then top-p (nucleus) on float[..., C] (static settings)."""
+  logits = logits / temperature
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, NEG, logits)
+  if top_p < 1.0:
+    srt = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(srt, axis=-1)
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p  # The first always stays.
+    thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < thresh, NEG, logits)
+  return logits
+
+
+def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0):
+  """-> step(state, (forced int32[N, S], key)) -> (state, (slots int32[N, S], logp float[N])).
+
+  state = (lstm carry, attention cache or None, roll_prev bool[N, 88], vcls_prev
+  int32[N, V] or None, t int32). forced[:, j] >= 0 clamps slot j, -1 samples it
+  (temperature / top-k / top-p); logp is log p(chosen frame) under the
+  unfiltered model, so teacher-forcing every slot scores the data.
+  """
+  model = make_model(config, info)
+  apply = lambda *a, **k: model.apply({'params': params}, *a, **k)
+
+  def step(state, inputs):
+    carry, cache, roll_prev, vcls_prev, t = state
+    forced, key = inputs
+    x = apply(roll_prev, vcls_prev, method=LSTMAttn.embed_inputs)
+    z, carry, cache = apply(x, carry, cache, t, method=LSTMAttn.encode_step)
+    slots = jnp.zeros(forced.shape, jnp.int32)
+    logp = jnp.zeros(forced.shape[:1], jnp.float32)
+    for j in range(info.num_slots):
+      logits = apply(j, z, slots, method=LSTMAttn.head_logits)
+      logits = _mask_logits(info, j, logits, slots[:, j - 1] if j else None)
+      drawn = jax.random.categorical(jax.random.fold_in(key, j),
+                                     filter_logits(logits, temperature, top_k, top_p))
+      choice = jnp.where(forced[:, j] >= 0, forced[:, j], drawn).astype(jnp.int32)
+      slots = slots.at[:, j].set(choice)
+      logp += jnp.take_along_axis(jax.nn.log_softmax(logits), choice[:, None], -1)[:, 0]
+    roll, vcls = slots_to_frame(info, slots)
+    return (carry, cache, roll, vcls, t + 1), (slots, logp)
+
+  return step
+
+
+def _start_state(config, params, info, n, num_steps):
+  m = config.model
+  carry = LSTMStack(m.hidden_size, m.num_layers).zero_carry(n)
+  cache = None
+  if m.attention:
+    dim = m.attn_dim or m.hidden_size
+    z = jnp.zeros((n, num_steps, m.attn_heads, dim // m.attn_heads), jnp.float32)
+    cache = (z, z)
+  vcls = (jnp.full((n, info.num_voices), info.num_keys, jnp.int32) if info.num_voices
+          else None)
+  return (carry, cache, jnp.zeros((n, NUM_KEYS), bool), vcls, jnp.zeros((), jnp.int32))
+
+
+def score_stepwise(config, params, batch):
+  """frame_nll through the sampling path (cache + carry, one step at a time): [B, T-1]."""
+  info = _info(config, batch, params)
+  roll, voices = batch['roll'], batch.get('voices') if info.num_voices else None
+  target = frame_slots(info, roll[:, 1:], None if voices is None else voices[:, 1:])
+  b, t = roll.shape[:2]
+  state = _start_state(config, params, info, b, t - 1)
+  first_vcls = None if voices is None else voice_classes(info, voices[:, 0])
+  state = state[:2] + (roll[:, 0], first_vcls) + state[4:]
+  keys = jax.random.split(jax.random.key(0), t - 1)
+  _, (_, logp) = jax.lax.scan(make_step_fn(config, params, info), state,
+                              (jnp.swapaxes(target, 0, 1), keys))
+  return -jnp.swapaxes(logp, 0, 1)
+
+
+def sample(config, params, rng, request):
+  """-> {'roll': bool[N, P + num_steps, 88], 'voices': int32[N, P + num_steps, V]}.
+
+  One lax.scan over P + num_steps steps from the silent start frame: primer
+  frames (request.primer / primer_voices) are teacher-forced into the carry and
+  cache, later frames sampled head by head with request.temperature / top_k /
+  top_p. request.melody int[N, P + num_steps] (REST -1) clamps the soprano
+  (voice 0; in set mode the top note, soprano_first only) at every sampled step.
+  The roll is the union of the sampled voices (set mode: of the sampled notes).
+  """
+  info = _info(config, params=params)
+  n, steps = request.num_pieces, request.num_steps
+  total = steps
+  forced = jnp.full((n, steps, info.num_slots), -1, jnp.int32)
+  if request.primer is not None:
+    primer = jnp.asarray(request.primer, bool)
+    p = primer.shape[1]
+    total = p + steps
+    if info.num_voices and request.primer_voices is None:
+      raise ValueError('sample: a voice model needs request.primer_voices with the primer')
+    pv = None if not info.num_voices else jnp.asarray(request.primer_voices)
+    forced = jnp.concatenate([frame_slots(info, primer, pv), forced], axis=1)
+  if request.melody is not None:
+    if not info.num_voices and not info.soprano_first:
+      raise ValueError("sample: harmonization in set mode needs model.voice_order="
+                       "'soprano_first' (the melody is the first slot)")
+    mel = jnp.asarray(request.melody, jnp.int32)[:, :total]
+    mel = jnp.where(mel < 0, info.num_keys, jnp.clip(mel - info.lo, 0, info.num_keys - 1))
+    slot = info.order.index(0) if info.num_voices else 0
+    sampled = jnp.arange(total) >= total - steps
+    forced = forced.at[:, :, slot].set(jnp.where(sampled[None], mel, forced[:, :, slot]))
+  state = _start_state(config, params, info, n, total)
+  step = make_step_fn(config, params, info, request.temperature, request.top_k, request.top_p)
+  _, (slots, _) = jax.lax.scan(step, state,
+                               (jnp.swapaxes(forced, 0, 1), jax.random.split(rng, total)))
+  roll, vcls = slots_to_frame(info, jnp.swapaxes(slots, 0, 1))
+  out = {'roll': roll}
+  if info.num_voices:
+    out['voices'] = jnp.where(vcls == info.num_keys, -1, vcls + info.lo).astype(jnp.int32)
+  return out
