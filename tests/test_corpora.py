@@ -233,3 +233,21 @@ def test_command_line_prepares_then_hits_cache(tmp_path):
   bad = subprocess.run(cmd[:3] + [f'--source=jsb:{tmp_path}/missing.json'],
                        capture_output=True, text=True)
   assert bad.returncode != 0 and 'missing.json' in bad.stderr
+
+
+def test_leading_and_trailing_silence_is_trimmed(tmp_path):
+  pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=60.0)  # One beat per second.
+  inst = pretty_midi.Instrument(0, name='Piano')
+  for b in range(3, 9):  # Silent beats 0-2 (a pickup rest), notes on beats 3..8.
+    inst.notes.append(pretty_midi.Note(80, 60 + b % 4, float(b), b + 1.0))
+  pm.instruments.append(inst)
+  pm.write(str(tmp_path / 'late_start.mid'))
+  _good_midi(tmp_path / 'other.mid')
+  corpus = corpora.load_corpus(_data(f'midi_dir:{tmp_path}', transpose='none',
+                                     cache_dir=str(tmp_path / 'cache')), progress=False)
+  pieces = [p for s in corpus.splits.values() for p in s if 'late_start' in p.meta['file']]
+  assert len(pieces) == 1
+  piece = pieces[0]
+  assert piece.roll[0].any() and piece.roll[-1].any()
+  assert piece.num_steps == 6 * 4
+  assert piece.meta['trimmed_silence'][0] == 12

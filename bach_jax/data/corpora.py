@@ -55,7 +55,7 @@ from bach_jax.data import pianoroll
 from bach_jax.data.pianoroll import SATB, MidiError, PianoRoll, satb_indices
 
 SPLITS = cache.SPLITS
-FORMAT_VERSION = 2  # Bump when the prepared pieces or the cache layout change.
+FORMAT_VERSION = 3  # Bump when the prepared pieces or the cache layout change.
 class CorpusError(ValueError):
   """A source cannot be prepared (missing path, no usable piece...)."""
 
@@ -119,10 +119,22 @@ def bwv_key(filename: str) -> str:
   return stem.split('-')[0]
 
 
-def _finish(piece: PianoRoll, data: dict) -> PianoRoll:
-  """Applies transpose and min_steps to a fresh piece; MidiError to skip it."""
+def _finish(piece: PianoRoll, data: dict, trim: bool = True) -> PianoRoll:
+  """Applies trimming, transpose and min_steps to a fresh piece; MidiError to skip it.
+
+  JSB pieces are not trimmed (trim=False): the benchmark's frames are kept as published.
+  """
   if piece.num_steps == 0 or not piece.roll.any():
     raise MidiError('no notes after quantization')
+  # Leading/trailing silence (pickup rests, empty end bars) would teach the model
+  # that a piece may begin with long silence: keep from the first to the last note.
+  sounding = np.nonzero(piece.roll.any(axis=1))[0]
+  first, last = int(sounding[0]), int(sounding[-1]) + 1
+  if trim and (first > 0 or last < piece.num_steps):
+    piece = PianoRoll(piece.roll[first:last],
+                      None if piece.voices is None else piece.voices[first:last],
+                      piece.steps_per_quarter,
+                      {**piece.meta, 'trimmed_silence': [first, piece.num_steps - last]})
   if piece.num_steps < data['min_steps']:
     raise MidiError(f'shorter than min_steps ({piece.num_steps} < {data["min_steps"]} frames)')
   if data['transpose'] == 'tonic':
@@ -229,7 +241,7 @@ def _jsb_pieces(path: str, data: dict):
             roll[t, pitches - pianoroll.LOWEST_PITCH] = True
           meta['voice_names'] = None
           piece = PianoRoll(roll, None, grid, meta)
-        results.append((name, split, _finish(piece, dict(data, transpose='none'))))
+        results.append((name, split, _finish(piece, dict(data, transpose='none'), trim=False)))
       except MidiError as e:
         results.append((name, None, str(e)))
       except (TypeError, ValueError) as e:
