@@ -91,3 +91,21 @@ class SampleRequest:
   primer: Any = None
   primer_voices: Any = None
   melody: Any = None
+
+
+NEG_LOGIT = -1e9  # Logit of a class sampling must not pick (finite: no NaN).
+
+
+def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
+  """Temperature, then top-k, then top-p (nucleus) on float[..., C] (static settings)."""
+  logits = logits / temperature
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, NEG_LOGIT, logits)
+  if top_p < 1.0:
+    srt = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(srt, axis=-1)
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p  # The first always stays.
+    thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < thresh, NEG_LOGIT, logits)
+  return logits

@@ -41,12 +41,11 @@ import jax.numpy as jnp
 
 from bach_jax import config_base
 from bach_jax.models import common
+from bach_jax.models.common import filter_logits
+from bach_jax.models.frame_slots import (
+    LOWEST_PITCH, NEG, NUM_KEYS, _info, _mask_logits, frame_slots, slots_to_frame,
+    voice_classes)
 from bach_jax.models.layers import LSTMStack
-
-NUM_KEYS = 88
-LOWEST_PITCH = 21
-NEG = -1e9  # Logit of a forbidden class (finite: no NaN in log_softmax).
-_BIG = 1 << 20
 
 
 # ----------------------------------------------------------------- config
@@ -104,81 +103,6 @@ def check_corpus(config, corpus):
     raise config_base.ConfigError(
         f'config.model.max_notes={m.max_notes}: a frame of data.source={config.data.source!r} '
         f'has {most} notes; set model.max_notes >= {most}')
-
-
-class _Info:
-  """Static facts derived from the config (and the batch or params for num_voices)."""
-
-  def __init__(self, config, num_voices):
-    m = config.model
-    self.lo = int(m.min_pitch)
-    self.num_keys = int(m.max_pitch) - self.lo + 1  # K; class K = REST / end-of-frame.
-    self.num_classes = self.num_keys + 1
-    self.num_voices = int(num_voices)
-    self.num_slots = self.num_voices or int(m.max_notes)
-    self.soprano_first = m.voice_order == 'soprano_first'
-    order = list(range(self.num_voices))
-    self.order = order if self.soprano_first else order[::-1]  # Slot j <- voice order[j].
-
-
-def _info(config, batch=None, params=None):
-  n = config.model.num_voices
-  if n < 0 and batch is not None:
-    n = batch['voices'].shape[-1] if 'voices' in batch else 0
-  elif n < 0 and params is not None:
-    n = params['in_embed'].shape[0] if 'in_embed' in params else 0
-  elif n < 0:
-    raise config_base.ConfigError('config.model.num_voices: unresolved (-1); run check_corpus')
-  return _Info(config, n)
-
-
-# ------------------------------------------------------ frames <-> slots
-
-def voice_classes(info, voices):
-  """int[..., V] MIDI pitches (REST -1) -> int32[..., V] classes (REST -> K)."""
-  voices = jnp.asarray(voices, jnp.int32)
-  return jnp.where(voices < 0, info.num_keys, jnp.clip(voices - info.lo, 0, info.num_keys - 1))
-
-
-def frame_slots(info, roll, voices=None):
-  """A frame's slot classes in head order: int32[..., S].
-
-  roll: bool[..., 88]; voices: int[..., V] (voice mode). In set mode, keys
-  beyond the first max_notes in the chosen order are dropped (check_corpus
-  makes sure a corpus has none).
-  """
-  if info.num_voices:
-    return voice_classes(info, voices)[..., jnp.array(info.order)]
-  cls = jnp.arange(NUM_KEYS) + LOWEST_PITCH - info.lo
-  ok = roll & (cls >= 0) & (cls < info.num_keys)
-  key = jnp.where(ok, -cls if info.soprano_first else cls, _BIG)
-  s = jnp.sort(key, axis=-1)[..., :info.num_slots]
-  return jnp.where(s == _BIG, info.num_keys, jnp.abs(s)).astype(jnp.int32)
-
-
-def slots_to_frame(info, slots):
-  """int[..., S] slot classes -> (roll bool[..., 88], voice classes int32[..., V] or None)."""
-  idx = jnp.where(slots == info.num_keys, -1, slots + info.lo - LOWEST_PITCH)
-  roll = jnp.any(jax.nn.one_hot(idx, NUM_KEYS, dtype=jnp.bool_), axis=-2)
-  if not info.num_voices:
-    return roll, None
-  inverse = [info.order.index(v) for v in range(info.num_voices)]
-  return roll, slots[..., jnp.array(inverse)]
-
-
-def structural_mask(info, j, prev):
-  """bool[..., C]: classes slot j may take after slot j-1 = prev (int[...]); None = all."""
-  if info.num_voices or j == 0:
-    return None
-  k = jnp.arange(info.num_classes)
-  p = prev[..., None]
-  keys = (k > p) if not info.soprano_first else (k < p)
-  return jnp.where(p == info.num_keys, k == info.num_keys, keys | (k == info.num_keys))
-
-
-def _mask_logits(info, j, logits, prev):
-  allowed = structural_mask(info, j, prev)
-  return logits if allowed is None else jnp.where(allowed, logits, NEG)
 
 
 # ------------------------------------------------------------------ model
@@ -363,21 +287,6 @@ def eval_step(config, params, batch):
 
 
 # ------------------------------------------------------- step-by-step path
-
-def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
-  """Temperature, then top-k, then top-p (nucleus) on float[..., C] (static settings)."""
-  logits = logits / temperature
-  if top_k and top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-    logits = jnp.where(logits < kth, NEG, logits)
-  if top_p < 1.0:
-    srt = -jnp.sort(-logits, axis=-1)
-    probs = jax.nn.softmax(srt, axis=-1)
-    keep = jnp.cumsum(probs, axis=-1) - probs < top_p  # The first always stays.
-    thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < thresh, NEG, logits)
-  return logits
-
 
 def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0):
   """-> step(state, (forced int32[N, S], key)) -> (state, (slots int32[N, S], logp float[N])).
