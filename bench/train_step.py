@@ -19,8 +19,6 @@ computes (about 1.8% over). Elementwise work is not counted.
 """
 
 import argparse
-import functools
-import importlib
 import json
 import os
 import platform
@@ -34,14 +32,13 @@ if __package__ in (None, ''):  # Run as `python bench/train_step.py`.
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-NUM_KEYS = 88
-HIDDEN = 512
-NUM_LAYERS = 2
-LEARNING_RATE = 1e-3
+from bench.implementations import (  # pylint: disable=g-import-not-at-top
+    HIDDEN, NUM_KEYS, NUM_LAYERS, REPO_ROOT, _TorchRunner, _jax_num_threads,
+    _load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_rolls)
+
 # What the notes in shared/notes/lstm-cpu-probe.md found to remove most page faults.
 TUNED_MALLOC = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
                 'glibc.malloc.trim_threshold=68719476736')
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
@@ -94,205 +91,6 @@ def forward_flops(batch, steps, hidden=HIDDEN, num_layers=NUM_LAYERS, keys=NUM_K
 
 def step_flops(batch, steps):
   return 3 * forward_flops(batch, steps)
-
-
-def make_rolls(batch, steps, seed=0):
-  """bool[batch, steps + 1, 88]: the LSTM then runs `steps` steps (inputs = roll[:, :-1])."""
-  rng = np.random.default_rng(seed)
-  return rng.random((batch, steps + 1, NUM_KEYS)) < 0.05
-
-
-# ----------------------------------------------------------------------------- JAX
-
-
-def _jax_num_threads():
-  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def _bce_loss(logits, targets):
-  """Sigmoid BCE summed over keys, mean over batch and time."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1))
-
-
-def make_bach_jax_step(roll, dtype):
-  """bach_jax's step as the trainer runs it: sharded jit, state donated.
-
-  Uses bach_jax.models.lstm with configs/lstm.py (dropout 0, no gradient
-  clipping, no weight decay: plain Adam like the others) where it exists, else
-  the same network built from layers.LSTMStack.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-
-  mesh = jax.make_mesh((jax.device_count(),), ('data',))
-  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  batch = {'roll': roll, 'mask': np.ones((roll.shape[0],), bool)}
-  rng = jax.random.key(0)
-  try:
-    from bach_jax.models import lstm  # pylint: disable=g-import-not-at-top
-    config_mod = _load_config_module('lstm')
-  except ImportError:
-    lstm = config_mod = None
-  if lstm is not None and config_mod is not None:
-    config = config_mod.get_config()
-    config.model.dropout_rate = 0.0
-    config.model.dtype = dtype
-    config.train.batch_size = roll.shape[0]
-    config.train.grad_clip_norm = 0.0
-    config.train.weight_decay = 0.0
-    config.train.learning_rate = LEARNING_RATE
-    state = jax.jit(functools.partial(lstm.init, config), out_shardings=repl)(rng, batch)
-
-    def step_fn(state, batch, rng):
-      return lstm.train_step(config, state, batch, jax.random.fold_in(rng, state.step))
-    source = 'bach_jax.models.lstm'
-  else:
-    import flax.linen as nn  # pylint: disable=g-import-not-at-top
-    import optax  # pylint: disable=g-import-not-at-top
-    from bach_jax.models.layers import LSTMStack  # pylint: disable=g-import-not-at-top
-
-    class Net(nn.Module):
-
-      @nn.compact
-      def __call__(self, x):
-        h, _ = LSTMStack(HIDDEN, NUM_LAYERS, 0.0, jnp.dtype(dtype))(x)
-        return nn.Dense(NUM_KEYS)(h)
-
-    net, tx = Net(), optax.adam(LEARNING_RATE)
-
-    def init(rng, batch):
-      params = net.init(rng, batch['roll'][:, :-1].astype(jnp.float32))['params']
-      return {'params': params, 'opt': tx.init(params)}
-
-    state = jax.jit(init, out_shardings=repl)(rng, batch)
-
-    def step_fn(state, batch, rng):
-      del rng
-      roll = batch['roll'].astype(jnp.float32)
-
-      def loss_fn(params):
-        return _bce_loss(net.apply({'params': params}, roll[:, :-1]), roll[:, 1:])
-      loss, grads = jax.value_and_grad(loss_fn)(state['params'])
-      updates, opt = tx.update(grads, state['opt'], state['params'])
-      return {'params': optax.apply_updates(state['params'], updates), 'opt': opt}, {
-          'loss': loss}
-    source = 'bach_jax.models.layers.LSTMStack (models/lstm.py not found)'
-
-  step = jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,))
-  batch = jax.device_put(batch, data)
-  return _JaxRunner(step, state, (batch, rng), source)
-
-
-def make_flax_step(roll, dtype):
-  """flax.linen.RNN(OptimizedLSTMCell) x 2 + Dense, optax.adam, plain jit."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-
-  class Net(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-      for _ in range(NUM_LAYERS):
-        x = nn.RNN(nn.OptimizedLSTMCell(HIDDEN, dtype=jnp.dtype(dtype)))(x)
-      return nn.Dense(NUM_KEYS)(x)
-
-  net, tx = Net(), optax.adam(LEARNING_RATE)
-  roll = jnp.asarray(roll)
-  params = net.init(jax.random.key(0), roll[:, :-1].astype(jnp.float32))['params']
-  state = (params, tx.init(params))
-
-  @jax.jit
-  def step(state, roll):
-    params, opt = state
-    roll = roll.astype(jnp.float32)
-
-    def loss_fn(params):
-      return _bce_loss(net.apply({'params': params}, roll[:, :-1]), roll[:, 1:])
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return (optax.apply_updates(params, updates), opt), {'loss': loss}
-
-  return _JaxRunner(step, state, (roll,), 'flax.linen.RNN(OptimizedLSTMCell)')
-
-
-def _load_config_module(name):
-  path = os.path.join(REPO_ROOT, 'configs', f'{name}.py')
-  if not os.path.exists(path):
-    return None
-  spec = importlib.util.spec_from_file_location(f'bench_configs_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-class _JaxRunner:
-  """Holds a jitted step and its state; step() runs one and waits for it."""
-
-  def __init__(self, step, state, args, source):
-    self.step_fn, self.state, self.args, self.source = step, state, args, source
-    t0 = time.perf_counter()
-    self.compiled = step.lower(state, *args).compile()
-    self.compile_s = time.perf_counter() - t0
-
-  def step(self):
-    import jax  # pylint: disable=g-import-not-at-top
-    self.state, metrics = self.compiled(self.state, *self.args)
-    jax.block_until_ready((self.state, metrics))
-    return metrics
-
-
-# --------------------------------------------------------------------------- torch
-
-
-class _TorchRunner:
-  """torch.nn.LSTM (fused kernel) + Linear, torch.optim.Adam."""
-
-  def __init__(self, roll, device):
-    import torch  # pylint: disable=g-import-not-at-top
-    self.torch, self.device = torch, device
-    torch.manual_seed(0)
-    self.lstm = torch.nn.LSTM(NUM_KEYS, HIDDEN, num_layers=NUM_LAYERS, batch_first=True,
-                              dropout=0.0).to(device)
-    self.dense = torch.nn.Linear(HIDDEN, NUM_KEYS).to(device)
-    params = list(self.lstm.parameters()) + list(self.dense.parameters())
-    self.opt = torch.optim.Adam(params, lr=LEARNING_RATE)
-    roll = torch.from_numpy(roll.astype(np.float32)).to(device)
-    self.inputs, self.targets = roll[:, :-1].contiguous(), roll[:, 1:].contiguous()
-    self.source = f'torch {torch.__version__} nn.LSTM on {device}'
-    self.compile_s = 0.0
-
-  def step(self):
-    torch = self.torch
-    self.opt.zero_grad(set_to_none=True)
-    h, _ = self.lstm(self.inputs)
-    logits = self.dense(h)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, self.targets, reduction='sum') / (logits.shape[0] * logits.shape[1])
-    loss.backward()
-    self.opt.step()
-    if self.device != 'cpu':
-      torch.cuda.synchronize()
-    return {'loss': loss.item()}
-
-
-def _torch_device(jax_backend):
-  """'cpu', 'cuda' or None (no torch, or torch cannot use this accelerator)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None, 'torch not installed (pip install -e .[bench])'
-  if jax_backend == 'cpu':
-    torch.set_num_threads(_jax_num_threads())
-    return 'cpu', ''
-  if jax_backend == 'gpu' and torch.cuda.is_available():
-    return 'cuda', ''
-  return None, f'torch has no device for jax backend {jax_backend!r}'
 
 
 # --------------------------------------------------------------------------- runs
