@@ -6,6 +6,7 @@ melody, temperature, top-k, top-p), runs it and writes the files.
 """
 
 import functools
+import json
 import os
 import wave
 
@@ -28,7 +29,8 @@ class SampleError(ValueError):
 
 @functools.lru_cache(maxsize=16)
 def _jitted_sample(family, config_json):
-  config = ml_collections.ConfigDict(__import__('json').loads(config_json))
+  """One jitted sampler per (family, config): the JSON string is the hashable cache key."""
+  config = ml_collections.ConfigDict(json.loads(config_json))
   return jax.jit(functools.partial(family.sample, config))
 
 

@@ -10,6 +10,7 @@ train.py knows no model by name: the family comes from the registry.
 import functools
 import os
 import signal
+import threading
 
 import jax
 import numpy as np
@@ -40,7 +41,7 @@ class _StopRequest:
     self._previous = {}
 
   def __enter__(self):
-    if threading_is_main():
+    if threading.current_thread() is threading.main_thread():  # signal() needs it.
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -53,11 +54,6 @@ class _StopRequest:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-
-
-def threading_is_main():
-  import threading
-  return threading.current_thread() is threading.main_thread()
 
 
 def setup(config, workdir=None):
