@@ -52,7 +52,7 @@ def _params(config, batch, scale=0.3, seed=0):
   """Random normal params of the model's shapes (NumPy: no slow init compile)."""
   info = lstm_attn._info(config, batch)  # pylint: disable=protected-access
   model = lstm_attn.make_model(config, info)
-  x = jnp.zeros((1, 2, 88 + info.num_voices * config.model.embed_dim))
+  x = jnp.zeros((1, 2, lstm_attn.input_size(config, info)))
   shapes = jax.eval_shape(model.init, jax.random.key(0), x,
                           jnp.zeros((1, 2, info.num_slots), jnp.int32))['params']
   rng = np.random.default_rng(seed)

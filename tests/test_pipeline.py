@@ -61,12 +61,14 @@ def test_batches_are_windows_of_the_pieces(pieces):
   windows = _windows(pieces, 16, 8)
   assert it.num_windows == len(windows) and it.batches_per_epoch == len(windows) // 4
   rows = [b for batch in _take(it, it.batches_per_epoch) for b in zip(
-      batch['roll'], batch['voices'], batch['mask'])]
-  for (i, s), (roll, voices, mask) in zip(windows, rows):
+      batch['roll'], batch['voices'], batch['mask'], batch['start'])]
+  for (i, s), (roll, voices, mask, start) in zip(windows, rows):
     want = _padded_voices(pieces[i])[s:s + 16]
     assert mask and roll.shape == (16, 88) and voices.dtype == np.int32
     np.testing.assert_array_equal(voices, want)
     np.testing.assert_array_equal(roll, voices_to_roll(want))
+    # The start flag marks the pad frame only: windows from a piece's start.
+    np.testing.assert_array_equal(start, np.arange(s, s + 16) == 0)
   assert (rows[0][1][0] == REST).all()  # pad_start: a silent frame before each piece.
 
 
@@ -177,13 +179,15 @@ def test_piece_batches_cover_every_frame_once(pieces):
       for batch in pipeline.piece_batches(pieces, batch_size=4, process_index=k,
                                           process_count=count, num_voices=4):
         shapes.add(batch['roll'].shape)
-        for roll, fmask, voices, idx in zip(batch['roll'], batch['frame_mask'],
-                                            batch['voices'], batch['piece_index']):
+        for roll, fmask, voices, idx, start in zip(
+            batch['roll'], batch['frame_mask'], batch['voices'], batch['piece_index'],
+            batch['start']):
           if idx < 0:
-            assert not fmask.any() and not roll.any()
+            assert not fmask.any() and not roll.any() and not start.any()
             continue
           assert idx not in seen and not fmask[0]
           seen[idx] = True
+          np.testing.assert_array_equal(start, np.arange(fmask.size) == 0)  # The pad frame.
           np.testing.assert_array_equal(voices[fmask], pieces[idx].voices)
           np.testing.assert_array_equal(roll[fmask], pieces[idx].roll)
           assert not roll[~fmask].any()

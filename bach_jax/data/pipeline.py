@@ -1,6 +1,8 @@
 """Deterministic, resumable NumPy batches of piano-roll windows (never imports jax).
 
-Windows. Each piece gets `pad_start` silent frames (voices REST) in front;
+Windows. Each piece gets `pad_start` silent frames (voices REST) in front,
+marked True in the batches' `start` array so a model can tell the start of a
+piece from an internal rest (both are silent frames);
 windows of `window_steps` frames start every `hop_steps` frames from the start
 of the padded piece, and only whole windows are kept: the tail after the last
 whole window is dropped, and a piece shorter than one window gives none.
@@ -32,25 +34,28 @@ def _padded_concat(pieces, pad_start: int, num_voices: Optional[int]):
   """All pieces, each after pad_start silent frames, end to end.
 
   Returns:
-    roll: bool[N, 88], voices: int16[N, V] or None, starts: int64[P] offset
-    of each padded piece, lengths: int64[P] padded lengths.
+    roll: bool[N, 88], voices: int16[N, V] or None, start: bool[N] True on
+    the pad_start frames, starts: int64[P] offset of each padded piece,
+    lengths: int64[P] padded lengths.
   """
   lengths = np.array([p.roll.shape[0] + pad_start for p in pieces], dtype=np.int64)
   starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
   total = int(lengths.sum())
   roll = np.zeros((total, NUM_KEYS), dtype=bool)
+  start = np.zeros((total,), dtype=bool)
   voices = None
   if num_voices is not None:
     voices = np.full((total, num_voices), REST, dtype=np.int16)
   for p, s, n in zip(pieces, starts, lengths):
     roll[s + pad_start:s + n] = p.roll
+    start[s:s + pad_start] = True
     if voices is not None:
       if p.voices is None or p.voices.shape[1] != num_voices:
         shape = None if p.voices is None else p.voices.shape
         raise ValueError(f'num_voices={num_voices} but a piece ({p.meta.get("file")}) '
                          f'has voices {shape}')
       voices[s + pad_start:s + n] = p.voices
-  return roll, voices, starts, lengths
+  return roll, voices, start, starts, lengths
 
 
 class BatchIterator:
@@ -58,6 +63,7 @@ class BatchIterator:
 
   Each `next()` returns a dict:
     roll: bool[B_local, window_steps, 88]
+    start: bool[B_local, window_steps], True on the silent frames before a piece
     mask: bool[B_local], False on padding rows
     voices: int32[B_local, window_steps, V] (REST = -1), only when num_voices.
 
@@ -87,7 +93,8 @@ class BatchIterator:
     self.process_index = process_index
     self.augment_transpose = int(augment_transpose)
     self.num_voices = num_voices
-    self._roll, self._voices, starts, lengths = _padded_concat(pieces, pad_start, num_voices)
+    self._roll, self._voices, self._start, starts, lengths = _padded_concat(
+        pieces, pad_start, num_voices)
     offsets = [s + np.arange(0, n - window_steps + 1, hop_steps)
                for s, n in zip(starts, lengths)]
     self._offsets = np.concatenate(offsets or [np.zeros(0, np.int64)]).astype(np.int64)
@@ -156,7 +163,9 @@ class BatchIterator:
     index = self._offsets[rows][:, None] + np.arange(w)
     roll = np.zeros((b, w, NUM_KEYS), dtype=bool)
     roll[:n] = self._roll[index]
-    out = {'mask': np.arange(b) < n}
+    start = np.zeros((b, w), dtype=bool)
+    start[:n] = self._start[index]
+    out = {'mask': np.arange(b) < n, 'start': start}
     if self._voices is not None:
       voices = np.full((b, w, self._voices.shape[1]), REST, dtype=np.int32)
       voices[:n] = self._voices[index]
@@ -206,6 +215,7 @@ def piece_batches(pieces: Sequence, *, batch_size: int, process_index: int = 0,
   Yields:
     dicts with roll: bool[B_local, T, 88]; frame_mask: bool[B_local, T], True
     on real frames (False on the pad_start frames in front and after the end);
+    start: bool[B_local, T], True on the pad_start frames of real rows;
     piece_index: int32[B_local], index into `pieces` or -1 for a padding row;
     voices: int32[B_local, T, V] (REST = -1) when num_voices is given.
   """
@@ -221,6 +231,7 @@ def piece_batches(pieces: Sequence, *, batch_size: int, process_index: int = 0,
   for first in range(0, len(pieces), batch_size):
     roll = np.zeros((local, num_steps, NUM_KEYS), dtype=bool)
     frame_mask = np.zeros((local, num_steps), dtype=bool)
+    start = np.zeros((local, num_steps), dtype=bool)
     index = np.full((local,), -1, dtype=np.int32)
     if num_voices is not None:
       voices = np.full((local, num_steps, num_voices), REST, dtype=np.int32)
@@ -232,13 +243,14 @@ def piece_batches(pieces: Sequence, *, batch_size: int, process_index: int = 0,
       n = max(0, min(piece.roll.shape[0], num_steps - pad_start))
       roll[row, pad_start:pad_start + n] = piece.roll[:n]
       frame_mask[row, pad_start:pad_start + n] = True
+      start[row, :pad_start] = True
       index[row] = i
       if num_voices is not None:
         if piece.voices is None or piece.voices.shape[1] != num_voices:
           raise ValueError(f'num_voices={num_voices} but piece {i} has voices '
                            f'{None if piece.voices is None else piece.voices.shape}')
         voices[row, pad_start:pad_start + n] = piece.voices[:n]
-    batch = {'roll': roll, 'frame_mask': frame_mask, 'piece_index': index}
+    batch = {'roll': roll, 'frame_mask': frame_mask, 'start': start, 'piece_index': index}
     if num_voices is not None:
       batch['voices'] = voices
     yield batch

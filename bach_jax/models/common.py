@@ -58,14 +58,37 @@ def bernoulli_nll(logits, targets):
   return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
 
 
-def next_frame_targets(roll, frame_mask=None):
-  """Splits bool[B, T, 88] into inputs [B, T-1, 88], targets and target mask.
+def start_flags(batch):
+  """bool[B, T]: True on start frames, the silent frames before a piece.
+
+  The pipeline marks them in batch['start']; a batch without that key is taken
+  to begin with one start frame (frame 0), as piece_batches and sampling do.
+  """
+  if 'start' in batch:
+    return batch['start']
+  b, t = batch['roll'].shape[:2]
+  return jnp.broadcast_to(jnp.arange(t) == 0, (b, t))
+
+
+def frame_features(roll, start):
+  """Input features of frames: the 88 keys and a start flag -> float[..., 89].
+
+  The flag is what tells the start of a piece from an internal rest; without
+  it both are the silent frame, and a model that has seen long rests opens its
+  samples with long silences.
+  """
+  return jnp.concatenate([roll.astype(jnp.float32), start[..., None].astype(jnp.float32)], -1)
+
+
+def next_frame_targets(batch, frame_mask=None):
+  """Splits a batch into inputs float[B, T-1, 89], targets bool[B, T-1, 88], mask.
 
   Every frame but the first is predicted from the frames before it; the
-  pipeline puts `pad_start` silent frames before each piece, so a piece's first
-  frame is predicted from the silent start frame (the model's start state).
+  pipeline puts `pad_start` start frames (silent, flagged) before each piece, so
+  a piece's first frame is predicted from the start frame (the model's start state).
   """
-  inputs = roll[:, :-1].astype(jnp.float32)
+  roll = batch['roll']
+  inputs = frame_features(roll[:, :-1], start_flags(batch)[:, :-1])
   targets = roll[:, 1:]
   if frame_mask is None:
     mask = jnp.ones(targets.shape[:2], jnp.float32)

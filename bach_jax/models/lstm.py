@@ -17,7 +17,7 @@ NUM_KEYS = 88
 
 
 class NextFrameLSTM(nn.Module):
-  """(inputs float[B, T, 88], carry) -> (logits float[B, T, 88], carry)."""
+  """(inputs float[B, T, 89] (common.frame_features), carry) -> (logits float[B, T, 88], carry)."""
   hidden_size: int = 512
   num_layers: int = 2
   dropout_rate: float = 0.5
@@ -54,14 +54,14 @@ def make_model(config):
 
 def init(config, rng, example_batch):
   """-> TrainState with freshly initialized params and optimizer state."""
-  inputs, _, _ = common.next_frame_targets(example_batch['roll'])
+  inputs, _, _ = common.next_frame_targets(example_batch)
   params = make_model(config).init(rng, inputs)['params']
   return common.create_state(params, config.train)
 
 
-def _nll(config, params, roll, frame_mask, row_mask=None, rng=None):
+def _nll(config, params, batch, frame_mask, row_mask=None, rng=None):
   """Per-frame NLL float[B, T-1] and the mask of frames that count."""
-  inputs, targets, mask = common.next_frame_targets(roll, frame_mask)
+  inputs, targets, mask = common.next_frame_targets(batch, frame_mask)
   if row_mask is not None:
     mask = mask * row_mask[:, None].astype(jnp.float32)
   logits, _ = make_model(config).apply(
@@ -75,7 +75,7 @@ def train_step(config, state, batch, rng):
   dropout_rng = jax.random.fold_in(rng, 0)
 
   def loss_fn(params):
-    nll, mask = _nll(config, params, batch['roll'], None, batch['mask'], dropout_rng)
+    nll, mask = _nll(config, params, batch, None, batch['mask'], dropout_rng)
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -85,7 +85,7 @@ def train_step(config, state, batch, rng):
 
 def eval_step(config, params, batch):
   """batch: roll bool[B, T, 88], frame_mask bool[B, T] -> summed NLL and frame count."""
-  nll, mask = _nll(config, params, batch['roll'], batch['frame_mask'])
+  nll, mask = _nll(config, params, batch, batch['frame_mask'])
   return {'nll_sum': jnp.sum(nll * mask), 'frames': jnp.sum(mask)}
 
 
@@ -98,19 +98,19 @@ def sample(config, params, rng, request):
   model = make_model(config)
   n = request.num_pieces
   carry = LSTMStack(config.model.hidden_size, config.model.num_layers).zero_carry(n)
-  x = jnp.zeros((n, NUM_KEYS), jnp.float32)  # The silent start frame.
+  x = common.frame_features(jnp.zeros((n, NUM_KEYS), bool), jnp.ones((n,), bool))  # Start.
   if request.primer is not None:
-    primer = request.primer.astype(jnp.float32)
     # Teacher-force the start frame and all primer frames but the last.
-    seq = jnp.concatenate([x[:, None], primer[:, :-1]], axis=1)
-    _, carry = model.apply({'params': params}, seq, carry)
-    x = primer[:, -1]
+    primer = request.primer.astype(bool)
+    rest = common.frame_features(primer[:, :-1], jnp.zeros(primer.shape[:2], bool)[:, :-1])
+    _, carry = model.apply({'params': params}, jnp.concatenate([x[:, None], rest], 1), carry)
+    x = common.frame_features(primer[:, -1], jnp.zeros((n,), bool))
 
   def step(state, key):
     carry, x = state
     logits, carry = model.apply({'params': params}, x[:, None], carry)
     frame = jax.random.bernoulli(key, jax.nn.sigmoid(logits[:, 0] / request.temperature))
-    return (carry, frame.astype(jnp.float32)), frame
+    return (carry, common.frame_features(frame, jnp.zeros((n,), bool))), frame
 
   _, frames = jax.lax.scan(step, (carry, x), jax.random.split(rng, request.num_steps))
   roll = jnp.swapaxes(frames, 0, 1)

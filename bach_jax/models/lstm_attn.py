@@ -1,7 +1,8 @@
 """The flagship model: LSTM + causal attention + autoregressive per-voice heads.
 
-Structure, per time step t (input: the previous frame, its 88-key roll plus, in
-voice mode, an embedding of each voice's pitch class):
+Structure, per time step t (input: the previous frame, its 88-key roll and the
+start flag (common.frame_features) plus, in voice mode, an embedding of each
+voice's pitch class):
 
   h_t   = LSTMStack(x_<=t)                         shared scan LSTM (layers.py)
   c_t   = causal multi-head attention of h_t over h_<=t (optional window limit,
@@ -159,9 +160,9 @@ class LSTMAttn(nn.Module):
       self.cond = self.param('cond', nn.initializers.normal(0.1), (
           self.num_slots, self.num_slots - 1, self.num_classes, self.head_hidden))
 
-  def embed_inputs(self, roll, vcls=None):
-    """roll: [..., 88]; vcls: int[..., V] voice classes -> float[..., D]."""
-    x = roll.astype(jnp.float32)
+  def embed_inputs(self, roll, start, vcls=None):
+    """roll: [..., 88]; start: bool[...]; vcls: int[..., V] voice classes -> float[..., D]."""
+    x = common.frame_features(roll, start)
     if self.num_voices:
       e = self.in_embed[jnp.arange(self.num_voices), vcls]  # [..., V, E]
       x = jnp.concatenate([x, e.reshape(e.shape[:-2] + (-1,))], axis=-1)
@@ -229,19 +230,19 @@ def make_model(config, info):
 # --------------------------------------------------------- family surface
 
 def _inputs_targets(info, batch):
-  """-> (roll_in [B, T-1, 88], vcls_in or None, target slots int32[B, T-1, S])."""
+  """-> (roll_in [B, T-1, 88], start_in, vcls_in or None, target slots int32[B, T-1, S])."""
   roll, voices = batch['roll'], batch.get('voices') if info.num_voices else None
   vcls = None if voices is None else voice_classes(info, voices[:, :-1])
   target = frame_slots(info, roll[:, 1:], None if voices is None else voices[:, 1:])
-  return roll[:, :-1], vcls, target
+  return roll[:, :-1], common.start_flags(batch)[:, :-1], vcls, target
 
 
 def frame_logits(config, params, batch, rng=None):
   """Teacher-forced masked logits float[B, T-1, S, C] and target slots int32[B, T-1, S]."""
   info = _info(config, batch, params)
   model = make_model(config, info)
-  roll, vcls, target = _inputs_targets(info, batch)
-  x = model.apply({'params': params}, roll, vcls, method=LSTMAttn.embed_inputs)
+  roll, start, vcls, target = _inputs_targets(info, batch)
+  x = model.apply({'params': params}, roll, start, vcls, method=LSTMAttn.embed_inputs)
   logits = model.apply({'params': params}, x, target, deterministic=rng is None,
                        rngs=None if rng is None else {'dropout': rng})
   prev = jnp.concatenate([target[..., :1], target[..., :-1]], axis=-1)
@@ -257,12 +258,17 @@ def frame_nll(config, params, batch, rng=None):
   return -jnp.sum(jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0], axis=-1)
 
 
+def input_size(config, info):
+  """Width of embed_inputs' output: 88 keys, the start flag, the voice embeddings."""
+  return NUM_KEYS + 1 + info.num_voices * config.model.embed_dim
+
+
 def init(config, rng, example_batch):
   """-> TrainState with freshly initialized params and optimizer state."""
   info = _info(config, example_batch)
   model = make_model(config, info)
-  roll, vcls, target = _inputs_targets(info, example_batch)
-  x = jnp.zeros(roll.shape[:-1] + (NUM_KEYS + info.num_voices * config.model.embed_dim,))
+  roll, _, _, target = _inputs_targets(info, example_batch)
+  x = jnp.zeros(roll.shape[:-1] + (input_size(config, info),))
   params = model.init(rng, x, target)['params']
   return common.create_state(params, config.train)
 
@@ -302,7 +308,8 @@ def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0):
   def step(state, inputs):
     carry, cache, roll_prev, vcls_prev, t = state
     forced, key = inputs
-    x = apply(roll_prev, vcls_prev, method=LSTMAttn.embed_inputs)
+    start = jnp.broadcast_to(t == 0, roll_prev.shape[:1])  # Step 0 reads the start frame.
+    x = apply(roll_prev, start, vcls_prev, method=LSTMAttn.embed_inputs)
     z, carry, cache = apply(x, carry, cache, t, method=LSTMAttn.encode_step)
     slots = jnp.zeros(forced.shape, jnp.int32)
     logp = jnp.zeros(forced.shape[:1], jnp.float32)
@@ -351,7 +358,7 @@ def score_stepwise(config, params, batch):
 def sample(config, params, rng, request):
   """-> {'roll': bool[N, P + num_steps, 88], 'voices': int32[N, P + num_steps, V]}.
 
-  One lax.scan over P + num_steps steps from the silent start frame: primer
+  One lax.scan over P + num_steps steps from the start frame: primer
   frames (request.primer / primer_voices) are teacher-forced into the carry and
   cache, later frames sampled head by head with request.temperature / top_k /
   top_p. request.melody int[N, P + num_steps] (REST -1) clamps the soprano

@@ -1,0 +1,35 @@
+"""Tests every model family must pass (tiny random models, synthetic frames)."""
+
+import jax
+import numpy as np
+import pytest
+
+from bach_jax import models
+from bach_jax import train
+from train_helpers import load_config
+
+
+@pytest.mark.parametrize('name', ['lstm', 'lstm_attn'])
+def test_start_frame_is_not_an_internal_rest(name):
+  """The start flag reaches the model: a piece's first frame is predicted from
+  the start state, not from the state after a silent frame mid-piece."""
+  config = load_config(name, **{'model.dropout_rate': 0.0})
+  family = models.get_family(name)
+  num_voices = 4 if name == 'lstm_attn' else 0
+  state = family.init(config, jax.random.key(0), train.example_batch(config, num_voices))
+  rng = np.random.default_rng(0)
+  voices = np.where(rng.random((2, 8, 4)) < 0.2, -1, rng.integers(50, 70, (2, 8, 4)))
+  voices[:, 0] = -1  # Frame 0 silent: the start frame, or an internal rest.
+  roll = (np.arange(88) + 21 == voices[..., None]).any(-2)
+  batch = {'roll': roll, 'frame_mask': np.broadcast_to(np.arange(8) == 1, (2, 8)),
+           'mask': np.ones(2, bool)}
+  if num_voices:
+    batch['voices'] = voices.astype(np.int32)
+  first = lambda start: family.eval_step(config, state.params, dict(batch, start=start))
+  as_start = first(np.broadcast_to(np.arange(8) == 0, (2, 8)))
+  as_rest = first(np.zeros((2, 8), bool))
+  assert float(as_start['frames']) == float(as_rest['frames']) == 2
+  assert abs(float(as_start['nll_sum']) - float(as_rest['nll_sum'])) > 1e-4
+  # No 'start' key: frame 0 is the start frame (what piece_batches produces).
+  np.testing.assert_allclose(family.eval_step(config, state.params, batch)['nll_sum'],
+                             as_start['nll_sum'], rtol=1e-6)
