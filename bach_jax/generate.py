@@ -142,8 +142,6 @@ def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus
   primer = (load_primer(s.primer, spq, corpus, s.split, s.primer_steps) if s.primer else None)
   melody = None
   if s.harmonize:
-    if not num_voices:
-      raise SampleError('sample.harmonize needs a model trained with voices')
     melody_piece = load_primer(s.harmonize, spq)
     melody = soprano_line(melody_piece)
   request = make_request(config, num_pieces=num_pieces, primer=primer, melody=melody,

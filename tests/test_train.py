@@ -174,3 +174,24 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, cache_dir):
   proc = run_main(f'--workdir={tmp_path}/missing', '--mode=sample')
   assert proc.returncode == 2
   assert 'config.json' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_cli_harmonizes_a_melody_with_the_voiceless_baseline(trained, tmp_path, cache_dir):
+  """--sample.harmonize on a model without voice heads: the top note is the melody."""
+  workdir, _ = trained
+  rng = np.random.default_rng(0)
+  melody = rng.integers(60, 76, size=24)
+  melody[5:7] = -1
+  piece = generate.pianoroll.PianoRoll(
+      roll=(np.arange(88) + 21 == melody[:, None]), voices=melody[:, None].astype(np.int16),
+      steps_per_quarter=4, meta={'file': 'melody'})
+  generate.pianoroll.to_midi(piece, str(tmp_path / 'melody.mid'))
+  proc = run_main(f'--workdir={workdir}', '--mode=sample', f'--config.data.cache_dir={cache_dir}',
+                  f'--config.sample.harmonize={tmp_path}/melody.mid',
+                  '--config.sample.num_pieces=2', '--config.sample.write_wav=False')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  paths = proc.stdout.split()
+  assert len(paths) == 2
+  for path in paths:
+    sampled = generate.pianoroll.from_midi(path, steps_per_quarter=4)
+    np.testing.assert_array_equal(generate.soprano_line(sampled)[:len(melody)], melody)

@@ -14,6 +14,7 @@ from bach_jax.models import common
 from bach_jax.models.layers import LSTMStack
 
 NUM_KEYS = 88
+LOWEST_PITCH = 21  # MIDI pitch of key 0.
 
 
 class NextFrameLSTM(nn.Module):
@@ -94,6 +95,10 @@ def sample(config, params, rng, request):
 
   One lax.scan over steps. Temperature divides the logits; top-k / top-p do
   not apply to independent Bernoullis and are ignored by this family.
+  request.melody int[N, P + num_steps] (REST -1) harmonizes: at every sampled
+  step the melody's key is on and every key above it off (a rest: all off),
+  the keys below sampled. The keys are independent given the state, so this
+  is exact conditioning on "the top note is the melody".
   """
   model = make_model(config)
   n = request.num_pieces
@@ -106,13 +111,24 @@ def sample(config, params, rng, request):
     _, carry = model.apply({'params': params}, jnp.concatenate([x[:, None], rest], 1), carry)
     x = common.frame_features(primer[:, -1], jnp.zeros((n,), bool))
 
-  def step(state, key):
+  p = 0 if request.primer is None else request.primer.shape[1]
+  if request.melody is None:
+    melody = jnp.full((request.num_steps, n), -2, jnp.int32)  # -2: not clamped.
+  else:
+    melody = jnp.swapaxes(jnp.asarray(request.melody, jnp.int32)[:, p:p + request.num_steps], 0, 1)
+  keys = jnp.arange(NUM_KEYS) + LOWEST_PITCH
+
+  def step(state, inputs):
     carry, x = state
+    key, mel = inputs
     logits, carry = model.apply({'params': params}, x[:, None], carry)
     frame = jax.random.bernoulli(key, jax.nn.sigmoid(logits[:, 0] / request.temperature))
+    mel = mel[:, None]
+    clamped = (keys < mel) & frame | (keys == mel)  # A rest (-1) clears every key.
+    frame = jnp.where(mel >= -1, clamped, frame)
     return (carry, common.frame_features(frame, jnp.zeros((n,), bool))), frame
 
-  _, frames = jax.lax.scan(step, (carry, x), jax.random.split(rng, request.num_steps))
+  _, frames = jax.lax.scan(step, (carry, x), (jax.random.split(rng, request.num_steps), melody))
   roll = jnp.swapaxes(frames, 0, 1)
   if request.primer is not None:
     roll = jnp.concatenate([request.primer.astype(bool), roll], axis=1)

@@ -379,8 +379,8 @@ def sample(config, params, rng, request):
     forced = jnp.concatenate([frame_slots(info, primer, pv), forced], axis=1)
   if request.melody is not None:
     if not info.num_voices and not info.soprano_first:
-      raise ValueError("sample: harmonization in set mode needs model.voice_order="
-                       "'soprano_first' (the melody is the first slot)")
+      raise config_base.ConfigError("config.model.voice_order: harmonization in set mode needs "
+                                    "'soprano_first' (the melody is the first slot)")
     mel = jnp.asarray(request.melody, jnp.int32)[:, :total]
     mel = jnp.where(mel < 0, info.num_keys, jnp.clip(mel - info.lo, 0, info.num_keys - 1))
     slot = info.order.index(0) if info.num_voices else 0
