@@ -29,6 +29,9 @@ def base_config():
   data.min_steps = 16  # Pieces shorter than this many frames are dropped.
   data.window_steps = 32  # Frames per training window (the paper uses 32).
   data.hop_steps = 16  # Frames between the starts of consecutive windows.
+  data.pad_short = False  # True: a piece shorter than a window gives one window, padded
+  #   at its end and masked out of the loss (else it gives none); with a window longer
+  #   than every piece, training sees whole pieces, as evaluation does.
   data.pad_start = 1  # Silent frames put before each piece: the model's "start" input.
   data.cache_dir = ''  # '' = $BACH_JAX_CACHE or ~/.cache/bach_jax.
   data.workers = 0  # Parallel workers for preparation; 0 = one per core.

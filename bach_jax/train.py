@@ -128,7 +128,8 @@ def train_and_evaluate(config, workdir):
       hop_steps=config.data.hop_steps, seed=config.seed, shuffle=True,
       process_index=jax.process_index(), process_count=jax.process_count(),
       remainder='drop', pad_start=config.data.pad_start,
-      augment_transpose=config.data.augment_transpose, num_voices=num_voices)
+      augment_transpose=config.data.augment_transpose, num_voices=num_voices,
+      pad_short=config.data.get('pad_short', False))
   if train_iter.batches_per_epoch == 0:
     raise config_base.ConfigError(
         f'config.train.batch_size: {t.batch_size} windows of {config.data.window_steps} steps '

@@ -33,3 +33,27 @@ def test_start_frame_is_not_an_internal_rest(name):
   # No 'start' key: frame 0 is the start frame (what piece_batches produces).
   np.testing.assert_allclose(family.eval_step(config, state.params, batch)['nll_sum'],
                              as_start['nll_sum'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['lstm', 'lstm_attn'])
+def test_training_loss_ignores_frames_masked_out(name):
+  """data.pad_short: frames after a short piece's end never reach the loss."""
+  config = load_config(name, **{'model.dropout_rate': 0.0})
+  family = models.get_family(name)
+  num_voices = 4 if name == 'lstm_attn' else 0
+  state = family.init(config, jax.random.key(0), train.example_batch(config, num_voices))
+  rng = np.random.default_rng(1)
+  voices = np.where(rng.random((3, 10, 4)) < 0.2, -1, rng.integers(50, 70, (3, 10, 4)))
+  frame_mask = np.arange(10) < np.array([10, 6, 3])[:, None]
+  losses = []
+  for garbage in (False, True):
+    v = voices if garbage else np.where(frame_mask[..., None], voices, -1)
+    batch = {'roll': (np.arange(88) + 21 == v[..., None]).any(-2), 'mask': np.ones(3, bool),
+             'frame_mask': frame_mask}
+    if num_voices:
+      batch['voices'] = v.astype(np.int32)
+    losses.append(float(family.train_step(config, state, batch, jax.random.key(1))[1]['loss']))
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+  batch.pop('frame_mask')
+  assert abs(float(family.train_step(config, state, batch, jax.random.key(1))[1]['loss'])
+             - losses[0]) > 1e-4  # Without the mask the garbage counts.

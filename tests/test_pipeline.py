@@ -200,3 +200,28 @@ def test_piece_batches_max_steps_cuts(pieces):
   assert len(batches) == 3 and all(b['roll'].shape == (3, 32, 88) for b in batches)
   assert batches[0]['frame_mask'][1].sum() == 31  # 75 frames cut to 32 - 1.
   assert 'voices' not in batches[0]
+
+
+def test_pad_short_gives_short_pieces_one_masked_window(pieces):
+  """With pad_short, pieces shorter than a window train whole, padding masked out."""
+  it = _iterator(pieces, window_steps=64, hop_steps=16, shuffle=False, pad_short=True,
+                 batch_size=1)
+  plain = _iterator(pieces, window_steps=64, hop_steps=16, shuffle=False, batch_size=1)
+  # Lengths 40, 16, 31, 9, 47 (+1 pad frame) fit in one window; 75 -> 1, 120 -> 4, 64 -> 1.
+  assert plain.num_windows == 6 and it.num_windows == 11
+  short = [p for p in pieces if p.num_steps + 1 < 64]
+  for _ in range(it.num_windows):
+    b = next(it)
+    n = int(b['frame_mask'][0].sum())
+    assert b['frame_mask'][0, :n].all()
+    assert not b['roll'][0, n:].any() and (b['voices'][0, n:] == REST).all()
+    if n < 64:  # A whole short piece, from its start frame.
+      piece = short.pop(0)
+      np.testing.assert_array_equal(b['voices'][0, :n], _padded_voices(piece))
+      np.testing.assert_array_equal(b['start'][0], np.arange(64) == 0)
+  assert not short
+  shifted = _iterator(pieces, window_steps=64, hop_steps=16, pad_short=True, batch_size=11,
+                      augment_transpose=12)
+  b = next(shifted)
+  for roll, voices in zip(b['roll'], b['voices']):  # Nothing moved off the keyboard.
+    np.testing.assert_array_equal(roll, voices_to_roll(voices))

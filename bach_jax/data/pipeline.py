@@ -5,7 +5,9 @@ marked True in the batches' `start` array so a model can tell the start of a
 piece from an internal rest (both are silent frames);
 windows of `window_steps` frames start every `hop_steps` frames from the start
 of the padded piece, and only whole windows are kept: the tail after the last
-whole window is dropped, and a piece shorter than one window gives none.
+whole window is dropped, and a piece shorter than one window gives none, unless
+pad_short: then it gives one window, padded at its end with silent frames that
+`frame_mask` marks False (so a long window can hold every piece whole).
 
 Order and sharding. `batch_size` is the global batch of all processes. Epoch e
 permutes the list of all windows with np.random.default_rng([seed, e]) (or keeps
@@ -64,6 +66,8 @@ class BatchIterator:
   Each `next()` returns a dict:
     roll: bool[B_local, window_steps, 88]
     start: bool[B_local, window_steps], True on the silent frames before a piece
+    frame_mask: bool[B_local, window_steps], False on frames after a short
+      piece's end (pad_short) and on padding rows
     mask: bool[B_local], False on padding rows
     voices: int32[B_local, window_steps, V] (REST = -1), only when num_voices.
 
@@ -76,7 +80,8 @@ class BatchIterator:
   def __init__(self, pieces: Sequence, *, batch_size: int, window_steps: int,
                hop_steps: int, seed: int, shuffle: bool = True, process_index: int = 0,
                process_count: int = 1, remainder: str = 'drop', pad_start: int = 1,
-               augment_transpose: int = 0, num_voices: Optional[int] = None):
+               augment_transpose: int = 0, num_voices: Optional[int] = None,
+               pad_short: bool = False):
     if batch_size <= 0 or batch_size % process_count:
       raise ValueError(f'batch_size {batch_size} must be a positive multiple of '
                        f'process_count {process_count}')
@@ -95,9 +100,22 @@ class BatchIterator:
     self.num_voices = num_voices
     self._roll, self._voices, self._start, starts, lengths = _padded_concat(
         pieces, pad_start, num_voices)
-    offsets = [s + np.arange(0, n - window_steps + 1, hop_steps)
-               for s, n in zip(starts, lengths)]
+    if pad_short:  # A short piece's one window starts at 0 and runs past its end.
+      last = np.maximum(lengths - window_steps, 0)
+    else:
+      last = lengths - window_steps
+    offsets = [s + np.arange(0, n + 1, hop_steps) for s, n in zip(starts, last)]
     self._offsets = np.concatenate(offsets or [np.zeros(0, np.int64)]).astype(np.int64)
+    # Frames per window that belong to its piece (window_steps unless padded).
+    owner = np.repeat(np.arange(len(lengths)), [o.size for o in offsets])
+    ends = (starts + lengths)[owner] if owner.size else np.zeros(0, np.int64)
+    self._valid = np.minimum(ends - self._offsets, window_steps).astype(np.int64)
+    # Whole windows past the stream's end read these silent frames.
+    self._roll = np.concatenate([self._roll, np.zeros((window_steps, NUM_KEYS), bool)])
+    self._start = np.concatenate([self._start, np.zeros((window_steps,), bool)])
+    if self._voices is not None:
+      self._voices = np.concatenate(
+          [self._voices, np.full((window_steps, num_voices), REST, np.int16)])
     self.num_windows = int(self._offsets.size)
     if remainder == 'drop':
       self.batches_per_epoch = self.num_windows // batch_size
@@ -111,10 +129,12 @@ class BatchIterator:
     frame_lo = np.where(self._roll, keys, NUM_KEYS).min(axis=1)
     frame_hi = np.where(self._roll, keys, -1).max(axis=1)
     view = np.lib.stride_tricks.sliding_window_view
-    self._win_lo = view(frame_lo, window_steps)[self._offsets].min(axis=1)
-    self._win_hi = view(frame_hi, window_steps)[self._offsets].max(axis=1)
+    inside = np.arange(window_steps) < self._valid[:, None]  # Not the next piece's frames.
+    self._win_lo = np.where(inside, view(frame_lo, window_steps)[self._offsets],
+                            NUM_KEYS).min(axis=1)
+    self._win_hi = np.where(inside, view(frame_hi, window_steps)[self._offsets], -1).max(axis=1)
     digest = hashlib.sha256()
-    for part in (np.array([window_steps, hop_steps, pad_start, num_voices or 0]),
+    for part in (np.array([window_steps, hop_steps, pad_start, num_voices or 0, pad_short]),
                  lengths, self._offsets, np.packbits(self._roll)):
       digest.update(np.ascontiguousarray(part).tobytes())
     if self._voices is not None:
@@ -161,14 +181,16 @@ class BatchIterator:
     b, w = self.local_batch, self.window_steps
     n = rows.size
     index = self._offsets[rows][:, None] + np.arange(w)
+    frame_mask = np.zeros((b, w), dtype=bool)
+    frame_mask[:n] = np.arange(w) < self._valid[rows][:, None]
     roll = np.zeros((b, w, NUM_KEYS), dtype=bool)
-    roll[:n] = self._roll[index]
+    roll[:n] = self._roll[index] & frame_mask[:n, :, None]
     start = np.zeros((b, w), dtype=bool)
-    start[:n] = self._start[index]
-    out = {'mask': np.arange(b) < n, 'start': start}
+    start[:n] = self._start[index] & frame_mask[:n]
+    out = {'mask': np.arange(b) < n, 'start': start, 'frame_mask': frame_mask}
     if self._voices is not None:
       voices = np.full((b, w, self._voices.shape[1]), REST, dtype=np.int32)
-      voices[:n] = self._voices[index]
+      voices[:n] = np.where(frame_mask[:n, :, None], self._voices[index], REST)
     if shifts is not None and n:
       s = shifts[rows]
       src = np.arange(NUM_KEYS)[None, :] - s[:, None]  # [n, 88] source key.

@@ -76,7 +76,7 @@ def train_step(config, state, batch, rng):
   dropout_rng = jax.random.fold_in(rng, 0)
 
   def loss_fn(params):
-    nll, mask = _nll(config, params, batch, None, batch['mask'], dropout_rng)
+    nll, mask = _nll(config, params, batch, batch.get('frame_mask'), batch['mask'], dropout_rng)
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)

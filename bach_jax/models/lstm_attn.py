@@ -278,6 +278,8 @@ def train_step(config, state, batch, rng):
   def loss_fn(params):
     nll = frame_nll(config, params, batch, jax.random.fold_in(rng, 0))
     mask = jnp.broadcast_to(batch['mask'][:, None], nll.shape).astype(jnp.float32)
+    if 'frame_mask' in batch:  # Frames after a short piece's end (data.pad_short).
+      mask = mask * batch['frame_mask'][:, 1:]
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
