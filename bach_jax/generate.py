@@ -126,7 +126,8 @@ def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True):
     base = os.path.join(outdir, f'{prefix}_{i}')
     pm = pianoroll.to_midi(piece, base + '.mid', qpm=qpm)
     plotting.plot_pianoroll(base + '.png', piece.roll, piece.voices, piece.steps_per_quarter,
-                            title=os.path.basename(base))
+                            title=os.path.basename(base),
+                            voice_names=piece.meta.get('voice_names'))
     if wav:
       write_wav(base + '.wav', pm)
     paths.append(base + '.mid')

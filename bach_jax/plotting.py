@@ -10,7 +10,7 @@ LOWEST_PITCH = 21
 VOICE_COLORS = ('tab:red', 'tab:blue', 'tab:green', 'tab:purple', 'tab:orange', 'tab:brown')
 
 
-def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title=''):
+def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title='', voice_names=None):
   """Writes a piano-roll PNG. roll: bool[T, 88]; voices: int[T, V] (REST -1) colours voices."""
   roll = np.asarray(roll, bool)
   t = roll.shape[0]
@@ -20,7 +20,8 @@ def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title=''):
     for v in range(voices.shape[1]):
       steps = np.nonzero(voices[:, v] >= 0)[0]
       ax.scatter(steps + 0.5, voices[steps, v], marker='s', s=6,
-                 color=VOICE_COLORS[v % len(VOICE_COLORS)], label=f'voice {v}', linewidths=0)
+                 color=VOICE_COLORS[v % len(VOICE_COLORS)], linewidths=0,
+                 label=voice_names[v] if voice_names else f'voice {v}')
     ax.legend(loc='upper right', fontsize=7, markerscale=2)
   else:
     steps, keys = np.nonzero(roll)
