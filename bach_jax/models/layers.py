@@ -30,7 +30,7 @@ def _matmul(a, b, dtype):
   return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
-def _lstm_forward(x_proj, w_hh, h0, c0, dtype, save_residuals):
+def _lstm_forward(x_proj, w_hh, b, h0, c0, dtype, save_residuals):
   """The forward scan. Returns (hs, cs, acts) or hs, and the final (h, c).
 
   hs, cs: float[T, B, H]; acts: float[T, B, 4H], the gate activations
@@ -40,7 +40,7 @@ def _lstm_forward(x_proj, w_hh, h0, c0, dtype, save_residuals):
 
   def step(carry, xp):
     h, c = carry
-    gates = xp + _matmul(h, w_hh, dtype)
+    gates = xp + b + _matmul(h, w_hh, dtype)
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
     c = f * c + i * g
@@ -52,20 +52,20 @@ def _lstm_forward(x_proj, w_hh, h0, c0, dtype, save_residuals):
   return out, carry
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _lstm_scan(x_proj, w_hh, h0, c0, dtype):
-  hs, carry = _lstm_forward(x_proj, w_hh, h0, c0, dtype, save_residuals=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lstm_scan(x_proj, w_hh, b, h0, c0, dtype):
+  hs, carry = _lstm_forward(x_proj, w_hh, b, h0, c0, dtype, save_residuals=False)
   return hs, carry
 
 
-def _lstm_scan_fwd(x_proj, w_hh, h0, c0, dtype):
-  (hs, cs, acts), carry = _lstm_forward(x_proj, w_hh, h0, c0, dtype, save_residuals=True)
-  return (hs, carry), (w_hh, h0, c0, hs, cs, acts)
+def _lstm_scan_fwd(x_proj, w_hh, b, h0, c0, dtype):
+  (hs, cs, acts), carry = _lstm_forward(x_proj, w_hh, b, h0, c0, dtype, save_residuals=True)
+  return (hs, carry), (w_hh, b, h0, c0, hs, cs, acts)
 
 
 def _lstm_scan_bwd(dtype, residuals, cotangents):
   """Reverse scan for the gate gradients; weight gradient as one matmul after."""
-  w_hh, h0, c0, hs, cs, acts = residuals
+  w_hh, b, h0, c0, hs, cs, acts = residuals
   d_hs, (d_h_last, d_c_last) = cotangents
   c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
   w_hh_t = w_hh.T.astype(dtype)  # Transposed once, outside the scan.
@@ -93,19 +93,22 @@ def _lstm_scan_bwd(dtype, residuals, cotangents):
   d_w_hh = jnp.einsum('tbh,tbg->hg', h_prev.astype(dtype), d_gates.astype(dtype),
                       preferred_element_type=jnp.float32,
                       out_sharding=jax.typeof(w_hh).sharding)
-  return d_gates, d_w_hh.astype(w_hh.dtype), d_h0, d_c0
+  d_b = jnp.sum(d_gates, axis=(0, 1))
+  return d_gates, d_w_hh.astype(w_hh.dtype), d_b.astype(b.dtype), d_h0, d_c0
 
 
 _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
-def lstm_scan(x_proj, w_hh, h0, c0, *, dtype=None):
+def lstm_scan(x_proj, w_hh, h0, c0, *, b=None, dtype=None):
   """Runs one LSTM layer over time given the hoisted input projection.
 
   Args:
-    x_proj: float32[T, B, 4H], x_t @ w_ih + b for every step (time-major).
+    x_proj: float32[T, B, 4H], x_t @ w_ih for every step (time-major).
     w_hh: float[H, 4H], recurrent weights; its gradient comes back in its dtype.
     h0, c0: float32[B, H], initial state.
+    b: float[4H] gate bias, added inside the scan (where the gate math reads
+      x_proj anyway) rather than as a separate pass over [T, B, 4H]; None = 0.
     dtype: matmul input dtype (e.g. bfloat16); accumulation stays float32.
       None = w_hh.dtype.
 
@@ -113,7 +116,9 @@ def lstm_scan(x_proj, w_hh, h0, c0, *, dtype=None):
     hs: float32[T, B, H] hidden outputs; (h_T, c_T) the final state.
   """
   dtype = jnp.dtype(w_hh.dtype if dtype is None else dtype)
-  return _lstm_scan(x_proj, w_hh, h0, c0, dtype)
+  if b is None:
+    b = jnp.zeros(w_hh.shape[-1:], jnp.float32)
+  return _lstm_scan(x_proj, w_hh, b, h0, c0, dtype)
 
 
 class LSTMLayer(nn.Module):
@@ -136,8 +141,8 @@ class LSTMLayer(nn.Module):
     # One matmul for every time step, time-major so the scan reads rows.
     x_tm = jnp.swapaxes(x, 0, 1).astype(self.dtype)
     x_proj = jnp.einsum('tbd,dg->tbg', x_tm, w_ih.astype(self.dtype),
-                        preferred_element_type=jnp.float32) + b
-    hs, carry = lstm_scan(x_proj, w_hh, *carry, dtype=self.dtype)
+                        preferred_element_type=jnp.float32)
+    hs, carry = lstm_scan(x_proj, w_hh, *carry, b=b, dtype=self.dtype)
     return jnp.swapaxes(hs, 0, 1), carry
 
 
