@@ -1,0 +1,84 @@
+"""Where bach_jax's LSTM training step spends its time, op by op (XLA CPU/GPU).
+
+Traces a few steps of the bench's bach_jax step with jax.profiler and sums the
+duration of every compiled op (XLA fusion, dot, copy, ...) per step, so a change
+to models/layers.py can be judged by the ops it moves, not only by the total.
+
+  python -m bench.profile_step                  # 64x32, top 25 ops
+  python -m bench.profile_step --size 128x128 --top 40 --hlo step.hlo
+
+Op names are XLA's (e.g. ynn_fusion.12); --hlo writes the optimized HLO so a
+name can be looked up (its metadata op_name points at the JAX source line).
+Ops on different threads may overlap, so the sum can exceed the wall time.
+"""
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import sys
+import tempfile
+
+if __package__ in (None, ''):  # Run as `python bench/profile_step.py`.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.implementations import make_bach_jax_step, make_rolls  # pylint: disable=g-import-not-at-top
+
+# Trace events that wrap or wait for the ops rather than being ops.
+_NOT_OPS = ('$', 'ThunkExecutor', 'SlinkyThreadPool', 'ThreadpoolListener', 'end: ')
+
+
+def op_times(trace_dir, steps):
+  """-> (Counter name -> microseconds per step, Counter name -> calls per step, wall us)."""
+  path = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)[0]
+  with gzip.open(path) as f:
+    events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  total, calls = collections.Counter(), collections.Counter()
+  wall = 0.0
+  for e in events:
+    if e.get('ph') != 'X':
+      continue
+    if e['name'] == 'ThunkExecutor::Execute (wait for completion)':
+      wall += e.get('dur', 0) / steps
+    if e['name'].startswith(_NOT_OPS):
+      continue
+    total[e['name']] += e.get('dur', 0) / steps
+    calls[e['name']] += 1 / steps
+  return total, calls, wall
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--size', default='64x32', help='BATCHxSTEPS (default 64x32).')
+  p.add_argument('--steps', type=int, default=3, help='Traced steps (default 3).')
+  p.add_argument('--top', type=int, default=25, help='Ops to list (default 25).')
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--hlo', default=None, help='Write the optimized HLO of the step here.')
+  args = p.parse_args(argv)
+  import jax  # pylint: disable=g-import-not-at-top
+  batch, steps = (int(v) for v in args.size.split('x'))
+  runner = make_bach_jax_step(make_rolls(batch, steps), args.dtype)
+  if args.hlo:
+    with open(args.hlo, 'w') as f:
+      f.write(runner.compiled.as_text())
+  for _ in range(3):  # Warm-up: allocations settle.
+    runner.step()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(args.steps):
+      runner.step()
+    jax.profiler.stop_trace()
+    total, calls, wall = op_times(trace_dir, args.steps)
+  ops_sum = sum(total.values())
+  print(f'{args.size} {jax.default_backend()}: {wall / 1e3:.1f} ms per step on the '
+        f'executor; ops sum to {ops_sum / 1e3:.1f} ms')
+  print(f'{"ms/step":>9} {"share":>6} {"calls":>6}  op')
+  for name, us in total.most_common(args.top):
+    print(f'{us / 1e3:9.2f} {us / ops_sum:6.1%} {calls[name]:6.0f}  {name}')
+
+
+if __name__ == '__main__':
+  main()
