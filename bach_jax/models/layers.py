@@ -7,12 +7,15 @@ the gate math. Parameters are stored in the fused layout
 (input, forget, cell, output), the same layout as cuDNN / torch.nn.LSTM
 (transposed), so the weights can be compared with reference implementations.
 
-The backward pass is hand-written (`jax.custom_vjp`), the way cuDNN and oneDNN
-do it: the forward scan saves only the gate activations and the cell states,
-the reverse scan computes only the gate gradients and the (dh, dc) carries, and
-the recurrent weight gradient is then one large matmul over all time steps
-instead of T small ones accumulated inside the scan. Second-order reverse mode
-(grad of grad) works; forward mode (jax.jvp, jacfwd) does not.
+The backward pass of the whole layer is hand-written (`jax.custom_vjp`), the
+way cuDNN and oneDNN do it: the forward scan saves only the gate activations and
+the cell states, the reverse scan computes only the gate gradients and the
+(dh, dc) carries, and then both weight gradients are one matmul over all time
+steps ([x_t, h_{t-1}]^T d_gates) and the input gradient another. Left to
+autodiff, XLA made a transposed copy of the [T*B, 4H] gate gradients for each
+weight-gradient matmul; one matmul needs at most one (10-16% faster steps).
+Second-order reverse mode (grad of grad) works; forward mode (jax.jvp, jacfwd)
+does not.
 """
 
 import functools
@@ -52,20 +55,26 @@ def _lstm_forward(x_proj, w_hh, b, h0, c0, dtype, save_residuals):
   return out, carry
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _lstm_scan(x_proj, w_hh, b, h0, c0, dtype):
-  hs, carry = _lstm_forward(x_proj, w_hh, b, h0, c0, dtype, save_residuals=False)
-  return hs, carry
+def _project(x, w_ih, dtype):
+  """x float[T, B, D] @ w_ih [D, 4H] -> float32[T, B, 4H]: every time step in one matmul."""
+  return jnp.einsum('tbd,dg->tbg', x.astype(dtype), w_ih.astype(dtype),
+                    preferred_element_type=jnp.float32)
 
 
-def _lstm_scan_fwd(x_proj, w_hh, b, h0, c0, dtype):
-  (hs, cs, acts), carry = _lstm_forward(x_proj, w_hh, b, h0, c0, dtype, save_residuals=True)
-  return (hs, carry), (w_hh, b, h0, c0, hs, cs, acts)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _lstm_layer(x, w_ih, w_hh, b, h0, c0, dtype):
+  return _lstm_forward(_project(x, w_ih, dtype), w_hh, b, h0, c0, dtype, save_residuals=False)
 
 
-def _lstm_scan_bwd(dtype, residuals, cotangents):
-  """Reverse scan for the gate gradients; weight gradient as one matmul after."""
-  w_hh, b, h0, c0, hs, cs, acts = residuals
+def _lstm_layer_fwd(x, w_ih, w_hh, b, h0, c0, dtype):
+  (hs, cs, acts), carry = _lstm_forward(_project(x, w_ih, dtype), w_hh, b, h0, c0, dtype,
+                                        save_residuals=True)
+  return (hs, carry), (x, w_ih, w_hh, b, h0, c0, hs, cs, acts)
+
+
+def _lstm_layer_bwd(dtype, residuals, cotangents):
+  """Reverse scan for the gate gradients; every other gradient is one matmul after it."""
+  x, w_ih, w_hh, b, h0, c0, hs, cs, acts = residuals
   d_hs, (d_h_last, d_c_last) = cotangents
   c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
   w_hh_t = w_hh.T.astype(dtype)  # Transposed once, outside the scan.
@@ -87,28 +96,32 @@ def _lstm_scan_bwd(dtype, residuals, cotangents):
 
   (d_h0, d_c0), d_gates = jax.lax.scan(
       step, (d_h_last, d_c_last), (d_hs, acts, cs, c_prev), reverse=True)
+  # Both weight gradients in one matmul contracting time and batch: [x_t, h_{t-1}]^T
+  # d_gates. The output sharding is the weights': B may be sharded over a mesh
+  # (the compiler adds the all-reduce).
   h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-  # One matmul contracting time and batch. No reshape, and the output sharding
-  # is w_hh's: B may be sharded over a mesh (the compiler adds the all-reduce).
-  d_w_hh = jnp.einsum('tbh,tbg->hg', h_prev.astype(dtype), d_gates.astype(dtype),
-                      preferred_element_type=jnp.float32,
-                      out_sharding=jax.typeof(w_hh).sharding)
-  d_b = jnp.sum(d_gates, axis=(0, 1))
-  return d_gates, d_w_hh.astype(w_hh.dtype), d_b.astype(b.dtype), d_h0, d_c0
+  inputs = jnp.concatenate([x.astype(dtype), h_prev.astype(dtype)], axis=-1)
+  d_w = jnp.einsum('tbk,tbg->kg', inputs, d_gates.astype(dtype),
+                   preferred_element_type=jnp.float32,
+                   out_sharding=jax.typeof(w_hh).sharding)
+  d = x.shape[-1]
+  d_x = jnp.einsum('tbg,dg->tbd', d_gates.astype(dtype), w_ih.astype(dtype),
+                   preferred_element_type=jnp.float32)
+  return (d_x.astype(x.dtype), d_w[:d].astype(w_ih.dtype), d_w[d:].astype(w_hh.dtype),
+          jnp.sum(d_gates, axis=(0, 1)).astype(b.dtype), d_h0, d_c0)
 
 
-_lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+_lstm_layer.defvjp(_lstm_layer_fwd, _lstm_layer_bwd)
 
 
-def lstm_scan(x_proj, w_hh, h0, c0, *, b=None, dtype=None):
-  """Runs one LSTM layer over time given the hoisted input projection.
+def lstm_layer(x, w_ih, w_hh, b, h0, c0, *, dtype=None):
+  """Runs one LSTM layer over a time-major sequence.
 
   Args:
-    x_proj: float32[T, B, 4H], x_t @ w_ih for every step (time-major).
-    w_hh: float[H, 4H], recurrent weights; its gradient comes back in its dtype.
+    x: float[T, B, D] inputs (time-major).
+    w_ih: float[D, 4H], w_hh: float[H, 4H], b: float[4H]; gradients come back
+      in their dtypes.
     h0, c0: float32[B, H], initial state.
-    b: float[4H] gate bias, added inside the scan (where the gate math reads
-      x_proj anyway) rather than as a separate pass over [T, B, 4H]; None = 0.
     dtype: matmul input dtype (e.g. bfloat16); accumulation stays float32.
       None = w_hh.dtype.
 
@@ -116,9 +129,7 @@ def lstm_scan(x_proj, w_hh, h0, c0, *, b=None, dtype=None):
     hs: float32[T, B, H] hidden outputs; (h_T, c_T) the final state.
   """
   dtype = jnp.dtype(w_hh.dtype if dtype is None else dtype)
-  if b is None:
-    b = jnp.zeros(w_hh.shape[-1:], jnp.float32)
-  return _lstm_scan(x_proj, w_hh, b, h0, c0, dtype)
+  return _lstm_layer(x, w_ih, w_hh, b, h0, c0, dtype)
 
 
 class LSTMLayer(nn.Module):
@@ -138,11 +149,8 @@ class LSTMLayer(nn.Module):
     batch = x.shape[0]
     if carry is None:
       carry = (jnp.zeros((batch, h_size), jnp.float32),) * 2
-    # One matmul for every time step, time-major so the scan reads rows.
-    x_tm = jnp.swapaxes(x, 0, 1).astype(self.dtype)
-    x_proj = jnp.einsum('tbd,dg->tbg', x_tm, w_ih.astype(self.dtype),
-                        preferred_element_type=jnp.float32)
-    hs, carry = lstm_scan(x_proj, w_hh, *carry, b=b, dtype=self.dtype)
+    # Time-major, so the scan reads rows.
+    hs, carry = lstm_layer(jnp.swapaxes(x, 0, 1), w_ih, w_hh, b, *carry, dtype=self.dtype)
     return jnp.swapaxes(hs, 0, 1), carry
 
 
