@@ -6,7 +6,15 @@ in `model`; `validate(config)` runs before anything is compiled and names the
 key of any bad value.
 """
 
+import os
+
 import ml_collections
+
+# The JSB Chorales benchmark (quarter-note grid) where the project keeps it: the
+# repository's ../shared/data/jsb (absolute, so any working directory works).
+JSB_QUARTER = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data', 'jsb',
+    'jsb-chorales-quarter.json'))
 
 
 class ConfigError(ValueError):

@@ -6,13 +6,7 @@ Usage:
   --config=configs/lstm.py:jsb    JSB quarter-note benchmark, trained on whole pieces
 """
 
-import os
-
 from bach_jax import config_base
-
-# ../shared/data/jsb of the repository (absolute, so any working directory works).
-_JSB = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
-                                    'shared', 'data', 'jsb', 'jsb-chorales-quarter.json'))
 
 
 def get_config(arg=''):
@@ -43,7 +37,7 @@ def get_config(arg=''):
     config.sample.num_steps = 32
   elif arg == 'jsb':
     d, t = config.data, config.train
-    d.source = 'jsb:' + _JSB
+    d.source = 'jsb:' + config_base.JSB_QUARTER
     # Whole pieces (training pieces have at most 129 frames + the start frame), the
     # way evaluation runs them, in small batches (many updates per epoch). Test NLL:
     # 8.90 with 32-step windows x 64; whole pieces x 16: 8.75, x 4: 8.56, x 2: 8.51.

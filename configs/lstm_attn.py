@@ -9,13 +9,7 @@ Usage:
                                        1600 steps (test 5.23; the ablations' base, ~5 min)
 """
 
-import os
-
 from bach_jax import config_base
-
-# ../shared/data/jsb of the repository (absolute, so any working directory works).
-_JSB = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
-                                    'shared', 'data', 'jsb', 'jsb-chorales-quarter.json'))
 
 
 def get_config(arg=''):
@@ -68,7 +62,7 @@ def get_config(arg=''):
     config.sample.num_steps = 32
   elif arg in ('jsb', 'jsb_windows'):
     d = config.data
-    d.source = 'jsb:' + _JSB
+    d.source = 'jsb:' + config_base.JSB_QUARTER
     m.max_notes = 4
     m.hidden_size = 128  # JSB (13.8k frames) overfits: 128 beat 256 and 512 on valid.
     m.head_hidden = 128

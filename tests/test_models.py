@@ -9,14 +9,20 @@ from bach_jax import train
 from train_helpers import load_config
 
 
-@pytest.mark.parametrize('name', ['lstm', 'lstm_attn'])
-def test_start_frame_is_not_an_internal_rest(name):
-  """The start flag reaches the model: a piece's first frame is predicted from
-  the start state, not from the state after a silent frame mid-piece."""
+def _tiny_model(name):
+  """configs/NAME.py:test without dropout, freshly initialized (4 voices for lstm_attn)."""
   config = load_config(name, **{'model.dropout_rate': 0.0})
   family = models.get_family(name)
   num_voices = 4 if name == 'lstm_attn' else 0
   state = family.init(config, jax.random.key(0), train.example_batch(config, num_voices))
+  return config, family, state, num_voices
+
+
+@pytest.mark.parametrize('name', ['lstm', 'lstm_attn'])
+def test_start_frame_is_not_an_internal_rest(name):
+  """The start flag reaches the model: a piece's first frame is predicted from
+  the start state, not from the state after a silent frame mid-piece."""
+  config, family, state, num_voices = _tiny_model(name)
   rng = np.random.default_rng(0)
   voices = np.where(rng.random((2, 8, 4)) < 0.2, -1, rng.integers(50, 70, (2, 8, 4)))
   voices[:, 0] = -1  # Frame 0 silent: the start frame, or an internal rest.
@@ -38,10 +44,7 @@ def test_start_frame_is_not_an_internal_rest(name):
 @pytest.mark.parametrize('name', ['lstm', 'lstm_attn'])
 def test_training_loss_ignores_frames_masked_out(name):
   """data.pad_short: frames after a short piece's end never reach the loss."""
-  config = load_config(name, **{'model.dropout_rate': 0.0})
-  family = models.get_family(name)
-  num_voices = 4 if name == 'lstm_attn' else 0
-  state = family.init(config, jax.random.key(0), train.example_batch(config, num_voices))
+  config, family, state, num_voices = _tiny_model(name)
   rng = np.random.default_rng(1)
   voices = np.where(rng.random((3, 10, 4)) < 0.2, -1, rng.integers(50, 70, (3, 10, 4)))
   frame_mask = np.arange(10) < np.array([10, 6, 3])[:, None]
