@@ -80,21 +80,31 @@ def frame_features(roll, start):
   return jnp.concatenate([roll.astype(jnp.float32), start[..., None].astype(jnp.float32)], -1)
 
 
-def next_frame_targets(batch, frame_mask=None):
-  """Splits a batch into inputs float[B, T-1, 89], targets bool[B, T-1, 88], mask.
+def next_frame_targets(batch):
+  """Splits a batch into inputs float[B, T-1, 89] and targets bool[B, T-1, 88].
 
   Every frame but the first is predicted from the frames before it; the
   pipeline puts `pad_start` start frames (silent, flagged) before each piece, so
   a piece's first frame is predicted from the start frame (the model's start state).
   """
   roll = batch['roll']
-  inputs = frame_features(roll[:, :-1], start_flags(batch)[:, :-1])
-  targets = roll[:, 1:]
-  if frame_mask is None:
-    mask = jnp.ones(targets.shape[:2], jnp.float32)
-  else:
-    mask = frame_mask[:, 1:].astype(jnp.float32)
-  return inputs, targets, mask
+  return frame_features(roll[:, :-1], start_flags(batch)[:, :-1]), roll[:, 1:]
+
+
+def target_mask(batch):
+  """float32[B, T-1]: the next-frame targets that count, for every family's loss.
+
+  Real rows (batch['mask'], training batches) and real frames
+  (batch['frame_mask'][:, 1:]: not the start frames, not the padding after a
+  piece's end); either key may be absent.
+  """
+  b, t = batch['roll'].shape[:2]
+  mask = jnp.ones((b, t - 1), jnp.float32)
+  if 'mask' in batch:
+    mask = mask * batch['mask'][:, None]
+  if 'frame_mask' in batch:
+    mask = mask * batch['frame_mask'][:, 1:]
+  return mask
 
 
 @flax.struct.dataclass

@@ -10,11 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from bach_jax.config_base import ConfigError
+from bach_jax.data.pianoroll import LOWEST_PITCH, NUM_KEYS
 from bach_jax.models import common
 from bach_jax.models.layers import LSTMStack
-
-NUM_KEYS = 88
-LOWEST_PITCH = 21  # MIDI pitch of key 0.
 
 
 class NextFrameLSTM(nn.Module):
@@ -55,20 +53,18 @@ def make_model(config):
 
 def init(config, rng, example_batch):
   """-> TrainState with freshly initialized params and optimizer state."""
-  inputs, _, _ = common.next_frame_targets(example_batch)
+  inputs, _ = common.next_frame_targets(example_batch)
   params = make_model(config).init(rng, inputs)['params']
   return common.create_state(params, config.train)
 
 
-def _nll(config, params, batch, frame_mask, row_mask=None, rng=None):
-  """Per-frame NLL float[B, T-1] and the mask of frames that count."""
-  inputs, targets, mask = common.next_frame_targets(batch, frame_mask)
-  if row_mask is not None:
-    mask = mask * row_mask[:, None].astype(jnp.float32)
+def _nll(config, params, batch, rng=None):
+  """Per-frame NLL float[B, T-1] (every frame; common.target_mask says which count)."""
+  inputs, targets = common.next_frame_targets(batch)
   logits, _ = make_model(config).apply(
       {'params': params}, inputs, deterministic=rng is None,
       rngs=None if rng is None else {'dropout': rng})
-  return common.bernoulli_nll(logits, targets), mask
+  return common.bernoulli_nll(logits, targets)
 
 
 def train_step(config, state, batch, rng):
@@ -76,7 +72,7 @@ def train_step(config, state, batch, rng):
   dropout_rng = jax.random.fold_in(rng, 0)
 
   def loss_fn(params):
-    nll, mask = _nll(config, params, batch, batch.get('frame_mask'), batch['mask'], dropout_rng)
+    nll, mask = _nll(config, params, batch, dropout_rng), common.target_mask(batch)
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -86,7 +82,7 @@ def train_step(config, state, batch, rng):
 
 def eval_step(config, params, batch):
   """batch: roll bool[B, T, 88], frame_mask bool[B, T] -> summed NLL and frame count."""
-  nll, mask = _nll(config, params, batch, batch['frame_mask'])
+  nll, mask = _nll(config, params, batch), common.target_mask(batch)
   return {'nll_sum': jnp.sum(nll * mask), 'frames': jnp.sum(mask)}
 
 
@@ -103,13 +99,15 @@ def sample(config, params, rng, request):
   model = make_model(config)
   n = request.num_pieces
   carry = LSTMStack(config.model.hidden_size, config.model.num_layers).zero_carry(n)
-  x = common.frame_features(jnp.zeros((n, NUM_KEYS), bool), jnp.ones((n,), bool))  # Start.
+  features = lambda frames, start: common.frame_features(
+      frames, jnp.full(frames.shape[:-1], start))
+  x = features(jnp.zeros((n, NUM_KEYS), bool), True)  # The start frame.
   if request.primer is not None:
     # Teacher-force the start frame and all primer frames but the last.
     primer = request.primer.astype(bool)
-    rest = common.frame_features(primer[:, :-1], jnp.zeros(primer.shape[:2], bool)[:, :-1])
-    _, carry = model.apply({'params': params}, jnp.concatenate([x[:, None], rest], 1), carry)
-    x = common.frame_features(primer[:, -1], jnp.zeros((n,), bool))
+    seq = jnp.concatenate([x[:, None], features(primer[:, :-1], False)], axis=1)
+    _, carry = model.apply({'params': params}, seq, carry)
+    x = features(primer[:, -1], False)
 
   p = 0 if request.primer is None else request.primer.shape[1]
   if request.melody is None:
@@ -126,7 +124,7 @@ def sample(config, params, rng, request):
     mel = mel[:, None]
     clamped = (keys < mel) & frame | (keys == mel)  # A rest (-1) clears every key.
     frame = jnp.where(mel >= -1, clamped, frame)
-    return (carry, common.frame_features(frame, jnp.zeros((n,), bool))), frame
+    return (carry, features(frame, False)), frame
 
   _, frames = jax.lax.scan(step, (carry, x), (jax.random.split(rng, request.num_steps), melody))
   roll = jnp.swapaxes(frames, 0, 1)

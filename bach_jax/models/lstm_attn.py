@@ -277,9 +277,7 @@ def train_step(config, state, batch, rng):
   """batch: roll bool[B, W, 88], mask bool[B], voices int32[B, W, V]. -> (state, metrics)."""
   def loss_fn(params):
     nll = frame_nll(config, params, batch, jax.random.fold_in(rng, 0))
-    mask = jnp.broadcast_to(batch['mask'][:, None], nll.shape).astype(jnp.float32)
-    if 'frame_mask' in batch:  # Frames after a short piece's end (data.pad_short).
-      mask = mask * batch['frame_mask'][:, 1:]
+    mask = common.target_mask(batch)
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -290,7 +288,7 @@ def train_step(config, state, batch, rng):
 def eval_step(config, params, batch):
   """batch: roll bool[B, T, 88], frame_mask bool[B, T] (+ voices) -> summed NLL, frames."""
   nll = frame_nll(config, params, batch)
-  mask = batch['frame_mask'][:, 1:].astype(jnp.float32)
+  mask = common.target_mask(batch)
   return {'nll_sum': jnp.sum(nll * mask), 'frames': jnp.sum(mask)}
 
 
