@@ -52,6 +52,8 @@ def base_config():
   train.lr_schedule = 'cosine'  # 'cosine' | 'constant' (after warmup).
   train.grad_clip_norm = 1.0  # 0 = off.
   train.weight_decay = 0.0
+  train.ema_decay = 0.0  # > 0: keep an exponential moving average of the params (e.g.
+  #   0.999) and use it for evaluation, the best checkpoint and sampling.
   train.log_every = 50  # Steps between progress lines / metric writes.
   train.eval_every = 500  # Steps between valid-split evaluations (0 = only at end).
   train.checkpoint_every = 500  # Steps between checkpoints.
@@ -104,6 +106,8 @@ def validate(config, device_count=1):
            f'{t.eval_batch_size} must be a positive multiple of the device count ({device_count})')
   _require(t.num_steps >= 0, 'train.num_steps', 'must be >= 0')
   _require(t.learning_rate > 0, 'train.learning_rate', 'must be > 0')
+  _require(0 <= t.get('ema_decay', 0.0) < 1, 'train.ema_decay',
+           f'must be in [0, 1) (0 = off), got {t.get("ema_decay")!r}')
   _require(t.lr_schedule in ('cosine', 'constant'), 'train.lr_schedule',
            f"must be 'cosine' or 'constant', got {t.lr_schedule!r}")
   _require(t.log_every > 0, 'train.log_every', 'must be > 0')

@@ -221,4 +221,6 @@ def load_model(workdir, step=None, best=True):
         state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
   finally:
     ckpt.close()
-  return LoadedModel(config, family, restored['state']['params'], step, restored['meta'])
+  state = restored['state']
+  params = state.get('ema_params') or state['params']  # The average, where the run kept one.
+  return LoadedModel(config, family, params, step, restored['meta'])

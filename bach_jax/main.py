@@ -124,5 +124,7 @@ def _sample_or_evaluate(mode):
 
 
 if __name__ == '__main__':
+  from bach_jax import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.tune_malloc()  # First: before JAX or anything else starts threads.
   define_config_flag(sys.argv)
   app.run(main)

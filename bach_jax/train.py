@@ -208,11 +208,17 @@ def train_and_evaluate(config, workdir):
         valid_nll = None
         if (t.eval_every and step % t.eval_every == 0) or last:
           flush()
-          result = run_eval(state.params, t.eval_split)
+          result = run_eval(state.eval_params(), t.eval_split)
           valid_nll = last_valid = result['frame_nll']
-          writer.write(step, {f'{t.eval_split}/frame_nll': valid_nll})
+          scores = {f'{t.eval_split}/frame_nll': valid_nll}
+          if state.ema_params is not None:  # The raw params too, to see what the average buys.
+            scores[f'{t.eval_split}/frame_nll_raw'] = run_eval(state.params,
+                                                               t.eval_split)['frame_nll']
+          writer.write(step, scores)
           log(f'step {step}: {t.eval_split} frame NLL {valid_nll:.4f} nats/frame '
-              f'({result["frames"]} frames, {result["seconds"]:.1f}s)')
+              f'({result["frames"]} frames, {result["seconds"]:.1f}s)' + (
+                  f'; raw params {scores[f"{t.eval_split}/frame_nll_raw"]:.4f}'
+                  if state.ema_params is not None else ''))
         if step % t.checkpoint_every == 0 or last or valid_nll is not None:
           flush()
           save(valid_nll if t.eval_split == 'valid' else None)
@@ -222,7 +228,7 @@ def train_and_evaluate(config, workdir):
       best_state, _, _ = ckpt.restore(abstract, best=True)
       for split in ('valid', 'test'):
         if corpus.splits.get(split):
-          final[f'best_{split}_frame_nll'] = run_eval(best_state.params, split)['frame_nll']
+          final[f'best_{split}_frame_nll'] = run_eval(best_state.eval_params(), split)['frame_nll']
       final['best_step'] = ckpt.best.best_step()
       writer.write(step, {f'best/{k}': v for k, v in final.items()
                           if k.endswith('frame_nll') and v is not None})
@@ -235,7 +241,7 @@ def train_and_evaluate(config, workdir):
     if t.num_final_samples and jax.process_index() == 0:
       from bach_jax import generate  # Only the end of a run needs it.
       paths = generate.sample_to_files(
-          family, config, state.params, jax.random.fold_in(root, 1 << 30),
+          family, config, state.eval_params(), jax.random.fold_in(root, 1 << 30),
           os.path.join(workdir, 'samples'), num_pieces=t.num_final_samples, corpus=corpus)
       log(f'wrote {len(paths)} samples to {workdir}/samples')
     return final

@@ -212,3 +212,30 @@ def test_stack_matches_torch_lstm():
                                rtol=1e-4, atol=ATOL)
     np.testing.assert_allclose(g['b'], getattr(ref, f'bias_ih_l{l}').grad.numpy(),
                                rtol=1e-4, atol=ATOL)
+
+
+def test_weight_dropout_drops_recurrent_weights_in_training_only():
+  """DropConnect on w_hh: the reference LSTM with the masked weights, one mask per call."""
+  params, x, carry, probes = _random_problem(3, 6, 5, 8, seed=7)
+  layer = layers.LSTMLayer(8, weight_dropout_rate=0.5)
+  rng = jax.random.key(3)
+
+  def apply(deterministic):
+    return lambda x, params, carry: layer.apply({'params': params}, x, carry,
+                                                deterministic=deterministic,
+                                                rngs={'dropout': rng})
+
+  # Evaluation: the plain layer.
+  _assert_trees_close(_outputs_and_grads(apply(True), probes)(params, x, carry),
+                      _outputs_and_grads(reference_lstm, probes)(params, x, carry))
+  # Training: a dropped weight gets exactly zero gradient, a kept one a nonzero one,
+  # and everything equals the reference run with the masked, rescaled w_hh.
+  (outs, _), grads = _outputs_and_grads(apply(False), probes)(params, x, carry)
+  dropped = np.asarray(grads[0]['w_hh']) == 0.0
+  assert 0.35 < dropped.mean() < 0.65, dropped.mean()
+  masked = dict(params, w_hh=jnp.where(dropped, 0.0, params['w_hh'] / 0.5))
+  (ref_outs, _), ref_grads = _outputs_and_grads(reference_lstm, probes)(masked, x, carry)
+  _assert_trees_close(outs, ref_outs)
+  np.testing.assert_allclose(grads[0]['w_ih'], ref_grads[0]['w_ih'], rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.where(dropped, 0.0, grads[0]['w_hh'] * 0.5),
+                             np.where(dropped, 0.0, ref_grads[0]['w_hh']), rtol=1e-4, atol=ATOL)

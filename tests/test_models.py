@@ -60,3 +60,29 @@ def test_training_loss_ignores_frames_masked_out(name):
   batch.pop('frame_mask')
   assert abs(float(family.train_step(config, state, batch, jax.random.key(1))[1]['loss'])
              - losses[0]) > 1e-4  # Without the mask the garbage counts.
+
+
+def test_ema_params_follow_the_moving_average():
+  """train.ema_decay: the state carries an average that evaluation uses; the raw
+  params train exactly as without it."""
+  config, family, _, _ = _tiny_model('lstm')
+  config.train.ema_decay = 0.9
+  batch = {'roll': np.random.default_rng(2).random((4, 8, 88)) < 0.05, 'mask': np.ones(4, bool)}
+  init = lambda c: family.init(c, jax.random.key(0), train.example_batch(c, 0))
+  state = init(config)
+  plain_config = load_config('lstm', **{'model.dropout_rate': 0.0})
+  plain = init(plain_config)
+  assert plain.ema_params is None and plain.eval_params() is plain.params
+  expected = state.params
+  for k in range(3):
+    state, _ = family.train_step(config, state, batch, jax.random.key(k))
+    plain, _ = family.train_step(plain_config, plain, batch, jax.random.key(k))
+    decay = min(0.9, (1 + k) / (10 + k))
+    expected = jax.tree.map(lambda e, p, d=decay: e + (1 - d) * (p - e), expected, state.params)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, e, p in zip(jax.tree.leaves(state.eval_params()), jax.tree.leaves(expected),
+                     jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7)
+  assert any(not np.allclose(a, p) for a, p in zip(jax.tree.leaves(state.ema_params),
+                                                    jax.tree.leaves(state.params)))

@@ -144,6 +144,27 @@ def test_restore_then_sample_equals_before_save(tmp_path, cache_dir):
     np.testing.assert_array_equal(x.roll, y.roll)
 
 
+def test_ema_run_evaluates_and_serves_the_average(tmp_path, cache_dir):
+  """train.ema_decay > 0: valid NLL (and best) by the average, the raw params' NLL
+  logged beside it, and load_model serves the average."""
+  config = tiny(cache_dir, **{'train.ema_decay': 0.8, 'train.num_steps': 20,
+                              'train.eval_every': 10, 'train.num_final_samples': 0})
+  workdir = str(tmp_path / 'ema')
+  train.train_and_evaluate(config, workdir)
+  evals = [r for r in metric_writers.read_metrics(workdir) if 'valid/frame_nll' in r]
+  assert [r['step'] for r in evals] == [10, 20]
+  assert all(r['valid/frame_nll'] != r['valid/frame_nll_raw'] for r in evals)
+  ckpt = checkpoints.Checkpointer(workdir)
+  try:
+    state, _, _ = ckpt.restore(train.abstract_state(lstm, config, train.parallel.make_mesh(),
+                                                    None), best=True)
+  finally:
+    ckpt.close()
+  served = generate.load_model(workdir).params
+  for a, e in zip(jax.tree.leaves(served), jax.tree.leaves(state.ema_params)):
+    np.testing.assert_array_equal(a, e)
+
+
 @pytest.mark.parametrize('key, value, device_count', [
     ('model.name', 'no_such_model', 1),
     ('data.window_steps', 1, 1),

@@ -14,6 +14,11 @@ class TrainState:
   step: jax.Array  # int32 scalar.
   params: Any
   opt_state: Any
+  ema_params: Any = None  # Moving average of params (train.ema_decay > 0), else None.
+
+  def eval_params(self):
+    """The params to evaluate, sample and keep as "best": the average if there is one."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def make_optimizer(train_config):
@@ -37,15 +42,27 @@ def make_optimizer(train_config):
 
 def create_state(params, train_config):
   tx = make_optimizer(train_config)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  ema = jax.tree.map(jnp.copy, params) if train_config.get('ema_decay', 0.0) else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    ema_params=ema)
 
 
 def apply_gradients(state, grads, train_config):
-  """One optimizer update; returns the new state and the gradient norm."""
+  """One optimizer update (and the params' moving average); -> (state, gradient norm).
+
+  The average's decay ramps up as min(ema_decay, (1 + step) / (10 + step)), so
+  early steps do not leave the initial weights in it for long.
+  """
   tx = make_optimizer(train_config)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  ema = state.ema_params
+  if ema is not None:
+    step = state.step.astype(jnp.float32)
+    decay = jnp.minimum(train_config.ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            ema_params=ema)
   return new_state, optax.global_norm(grads)
 
 

@@ -133,12 +133,18 @@ def lstm_layer(x, w_ih, w_hh, b, h0, c0, *, dtype=None):
 
 
 class LSTMLayer(nn.Module):
-  """One LSTM layer over a whole sequence. x: float[B, T, D] -> float[B, T, H]."""
+  """One LSTM layer over a whole sequence. x: float[B, T, D] -> float[B, T, H].
+
+  weight_dropout_rate: DropConnect on the recurrent weights w_hh in training
+  (one mask per call, shared by every row and time step, as in AWD-LSTM):
+  regularizes the recurrence without touching the scan.
+  """
   hidden_size: int
   dtype: jnp.dtype = jnp.float32  # Matmul input dtype (bfloat16 on TPU/GPU if wanted).
+  weight_dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x, carry: Optional[Carry] = None):
+  def __call__(self, x, carry: Optional[Carry] = None, *, deterministic: bool = True):
     h_size = self.hidden_size
     d = x.shape[-1]
     w_ih = self.param('w_ih', nn.initializers.lecun_normal(), (d, 4 * h_size))
@@ -146,6 +152,8 @@ class LSTMLayer(nn.Module):
     # Forget-gate bias 1: the usual start that lets gradients flow early on.
     b = self.param('b', lambda _, s: jnp.zeros(s).at[h_size:2 * h_size].set(1.0),
                    (4 * h_size,))
+    if self.weight_dropout_rate and not deterministic:
+      w_hh = nn.Dropout(self.weight_dropout_rate)(w_hh, deterministic=False)
     batch = x.shape[0]
     if carry is None:
       carry = (jnp.zeros((batch, h_size), jnp.float32),) * 2
@@ -155,7 +163,7 @@ class LSTMLayer(nn.Module):
 
 
 class LSTMStack(nn.Module):
-  """Stacked LSTM layers with dropout after each layer.
+  """Stacked LSTM layers with dropout after each layer (and optional DropConnect on w_hh).
 
   Call: (x float[B, T, D], carry) -> (float[B, T, H], new carry), where carry is
   a tuple with one (h, c) per layer or None for the zero state. Feeding T=1
@@ -166,13 +174,15 @@ class LSTMStack(nn.Module):
   num_layers: int
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  weight_dropout_rate: float = 0.0  # DropConnect on each layer's w_hh (LSTMLayer).
 
   @nn.compact
   def __call__(self, x, carry: Optional[Sequence[Carry]] = None, *, deterministic: bool = True):
     new_carry = []
     for i in range(self.num_layers):
-      x, c = LSTMLayer(self.hidden_size, dtype=self.dtype, name=f'lstm_{i}')(
-          x, None if carry is None else carry[i])
+      x, c = LSTMLayer(self.hidden_size, dtype=self.dtype,
+                       weight_dropout_rate=self.weight_dropout_rate, name=f'lstm_{i}')(
+          x, None if carry is None else carry[i], deterministic=deterministic)
       new_carry.append(c)
       x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     return x, tuple(new_carry)

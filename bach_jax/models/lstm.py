@@ -22,9 +22,11 @@ class NextFrameLSTM(nn.Module):
   dropout_rate: float = 0.5
   dtype: jnp.dtype = jnp.float32
   input_dropout_rate: float = 0.0
+  weight_dropout_rate: float = 0.0
 
   def setup(self):
-    self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype)
+    self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype,
+                           self.weight_dropout_rate)
     self.input_dropout = nn.Dropout(self.input_dropout_rate)
     self.out = nn.Dense(NUM_KEYS)
 
@@ -40,6 +42,7 @@ def validate(config):
   for key, ok in (('hidden_size', m.hidden_size >= 1), ('num_layers', m.num_layers >= 1),
                   ('dropout_rate', 0.0 <= m.dropout_rate < 1.0),
                   ('input_dropout_rate', 0.0 <= m.get('input_dropout_rate', 0.0) < 1.0),
+                  ('weight_dropout_rate', 0.0 <= m.get('weight_dropout_rate', 0.0) < 1.0),
                   ('dtype', m.dtype in ('float32', 'bfloat16'))):
     if not ok:
       raise ConfigError(f'config.model.{key}: invalid value {m[key]!r}')
@@ -48,7 +51,7 @@ def validate(config):
 def make_model(config):
   m = config.model
   return NextFrameLSTM(m.hidden_size, m.num_layers, m.dropout_rate, jnp.dtype(m.dtype),
-                       m.get('input_dropout_rate', 0.0))
+                       m.get('input_dropout_rate', 0.0), m.get('weight_dropout_rate', 0.0))
 
 
 def init(config, rng, example_batch):

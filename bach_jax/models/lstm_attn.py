@@ -71,6 +71,7 @@ def validate(config):
   _require(m.num_voices >= -1, 'num_voices', 'must be -1 (from the corpus), 0 (set mode) or V')
   _require(m.hidden_size > 0 and m.num_layers > 0, 'hidden_size', 'and num_layers must be > 0')
   _require(0 <= m.dropout_rate < 1, 'dropout_rate', 'must be in [0, 1)')
+  _require(0 <= m.get('weight_dropout_rate', 0.0) < 1, 'weight_dropout_rate', 'must be in [0, 1)')
   dim = m.attn_dim or m.hidden_size
   _require(m.attn_heads > 0 and dim % m.attn_heads == 0, 'attn_heads',
            f'{m.attn_heads} must divide attn_dim {dim}')
@@ -139,9 +140,11 @@ class LSTMAttn(nn.Module):
   head_hidden: int = 256
   autoregressive: bool = True
   dtype: jnp.dtype = jnp.float32
+  weight_dropout_rate: float = 0.0
 
   def setup(self):
-    self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype)
+    self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype,
+                           self.weight_dropout_rate)
     init = nn.initializers.normal(0.1)
     if self.num_voices:
       self.in_embed = self.param('in_embed', init,
@@ -224,7 +227,7 @@ def make_model(config, info):
       info.num_classes, info.num_slots, info.num_voices, m.hidden_size, m.num_layers,
       m.dropout_rate, m.attention, m.attn_heads, m.attn_dim, m.attn_window, m.attn_rel_bias,
       m.attn_max_distance, m.embed_dim, m.head_hidden, m.heads == 'autoregressive',
-      jnp.dtype(m.dtype))
+      jnp.dtype(m.dtype), m.get('weight_dropout_rate', 0.0))
 
 
 # --------------------------------------------------------- family surface
