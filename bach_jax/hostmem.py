@@ -5,7 +5,8 @@ fresh from the OS every step: glibc serves blocks over its mmap threshold with
 mmap and unmaps them on free, so every step page-faults its buffers in again
 (30-45k faults per step for the LSTM baseline; ../shared/notes/lstm-cpu-probe.md).
 Keeping freed memory in one heap instead (no mmap, no trimming, one arena)
-makes the baseline's step 12% faster on the 2-core CPU (README, Benchmark).
+made the baseline's trainer run 1.19-1.26x more steps/s on the 2-core CPU
+(README, Benchmark: "malloc").
 
 `python -m bach_jax.main` calls tune_malloc() before anything starts a thread;
 the cost is that the process keeps its peak heap size until it exits.
