@@ -211,14 +211,14 @@ def train_and_evaluate(config, workdir):
           result = run_eval(state.eval_params(), t.eval_split)
           valid_nll = last_valid = result['frame_nll']
           scores = {f'{t.eval_split}/frame_nll': valid_nll}
+          line = (f'step {step}: {t.eval_split} frame NLL {valid_nll:.4f} nats/frame '
+                  f'({result["frames"]} frames, {result["seconds"]:.1f}s)')
           if state.ema_params is not None:  # The raw params too, to see what the average buys.
-            scores[f'{t.eval_split}/frame_nll_raw'] = run_eval(state.params,
-                                                               t.eval_split)['frame_nll']
+            raw = scores[f'{t.eval_split}/frame_nll_raw'] = run_eval(
+                state.params, t.eval_split)['frame_nll']
+            line += f'; raw params {raw:.4f}'
           writer.write(step, scores)
-          log(f'step {step}: {t.eval_split} frame NLL {valid_nll:.4f} nats/frame '
-              f'({result["frames"]} frames, {result["seconds"]:.1f}s)' + (
-                  f'; raw params {scores[f"{t.eval_split}/frame_nll_raw"]:.4f}'
-                  if state.ema_params is not None else ''))
+          log(line)
         if step % t.checkpoint_every == 0 or last or valid_nll is not None:
           flush()
           save(valid_nll if t.eval_split == 'valid' else None)
