@@ -10,6 +10,11 @@ to models/layers.py can be judged by the ops it moves, not only by the total.
 Op names are XLA's (e.g. ynn_fusion.12); --hlo writes the optimized HLO so a
 name can be looked up (its metadata op_name points at the JAX source line).
 Ops on different threads may overlap, so the sum can exceed the wall time.
+
+First comes a summary by kind: matmuls (any op whose HLO holds a dot, with the
+FLOPs counted from its shapes and the GFLOP/s it ran at) and other ops, each
+split into ops called more than once per step (inside a scan) and ops called
+once. It answers "how far is this step from its matmul floor".
 """
 
 import argparse
@@ -17,7 +22,9 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
+import re
 import sys
 import tempfile
 
@@ -50,6 +57,63 @@ def op_times(trace_dir, steps):
   return total, calls, wall
 
 
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]\S* (\w[\w-]*)\((.*)$')
+_OPERAND = re.compile(r'%([^,)\s]+)')
+
+
+def _dims(text):
+  return [int(d) for d in text.split(',') if d]
+
+
+def dot_flops(hlo_text):
+  """-> {instruction name: FLOPs} for every dot, and every op calling one, in HLO text.
+
+  A dot's FLOPs are 2 x (output elements) x (contracted size); a fusion (e.g.
+  XLA CPU's ynn_fusion, which wraps a dot) gets the FLOPs of the dots in the
+  computation it calls.
+  """
+  shapes, in_computation, calls = {}, collections.defaultdict(float), {}
+  flops, computation = {}, None
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m and not line.startswith(' '):
+      computation = m.group(1)
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, dims, opcode, rest = m.group(1), _dims(m.group(2)), m.group(3), m.group(4)
+    shapes[name] = dims
+    if opcode == 'dot':
+      lhs = _OPERAND.search(rest).group(1)
+      contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
+      k = math.prod(shapes[lhs][i] for i in _dims(contracting.group(1))) if contracting else 1
+      flops[name] = 2.0 * math.prod(dims) * k
+      in_computation[computation] += flops[name]
+    called = re.search(r'calls=%([^,\s]+)', rest)
+    if called:
+      calls[name] = called.group(1)
+  for name, computation in calls.items():
+    if in_computation.get(computation):
+      flops[name] = in_computation[computation]
+  return flops
+
+
+def summary(total, calls, flops):
+  """Rows (kind, ms per step, GFLOP per step or None) for the op kinds named above."""
+  rows = collections.OrderedDict(
+      (kind, [0.0, 0.0]) for kind in ('matmuls in scans', 'matmuls, once',
+                                      'other ops in scans', 'other ops, once'))
+  for name, us in total.items():
+    kind = ('matmuls' if name in flops else 'other ops') + (
+        ' in scans' if calls[name] > 1.5 else ', once')
+    rows[kind][0] += us / 1e3
+    rows[kind][1] += flops.get(name, 0.0) * round(calls[name]) / 1e9
+  return [(kind, ms, gflop if kind.startswith('matmuls') else None)
+          for kind, (ms, gflop) in rows.items()]
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--size', default='64x32', help='BATCHxSTEPS (default 64x32).')
@@ -61,9 +125,10 @@ def main(argv=None):
   import jax  # pylint: disable=g-import-not-at-top
   batch, steps = (int(v) for v in args.size.split('x'))
   runner = make_bach_jax_step(make_rolls(batch, steps), args.dtype)
+  hlo_text = runner.compiled.as_text()
   if args.hlo:
     with open(args.hlo, 'w') as f:
-      f.write(runner.compiled.as_text())
+      f.write(hlo_text)
   for _ in range(3):  # Warm-up: allocations settle.
     runner.step()
   with tempfile.TemporaryDirectory() as trace_dir:
@@ -75,9 +140,14 @@ def main(argv=None):
   ops_sum = sum(total.values())
   print(f'{args.size} {jax.default_backend()}: {wall / 1e3:.1f} ms per step on the '
         f'executor; ops sum to {ops_sum / 1e3:.1f} ms')
-  print(f'{"ms/step":>9} {"share":>6} {"calls":>6}  op')
+  flops = dot_flops(hlo_text)
+  for kind, ms, gflop in summary(total, calls, flops):
+    rate = f'{gflop:6.2f} GFLOP {gflop / ms * 1e3:6.1f} GFLOP/s' if gflop else ''
+    print(f'{ms:9.2f} {ms * 1e3 / ops_sum:6.1%}  {kind:20s} {rate}')
+  print(f'{"ms/step":>9} {"share":>6} {"calls":>6} {"GFLOP/s":>8}  op')
   for name, us in total.most_common(args.top):
-    print(f'{us / 1e3:9.2f} {us / ops_sum:6.1%} {calls[name]:6.0f}  {name}')
+    rate = f'{flops[name] * round(calls[name]) / us / 1e3:8.1f}' if name in flops else ''
+    print(f'{us / 1e3:9.2f} {us / ops_sum:6.1%} {calls[name]:6.0f} {rate:>8}  {name}')
 
 
 if __name__ == '__main__':
