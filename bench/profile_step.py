@@ -142,11 +142,11 @@ def main(argv=None):
         f'executor; ops sum to {ops_sum / 1e3:.1f} ms')
   flops = dot_flops(hlo_text)
   for kind, ms, gflop in summary(total, calls, flops):
-    rate = f'{gflop:6.2f} GFLOP {gflop / ms * 1e3:6.1f} GFLOP/s' if gflop else ''
+    rate = f'{gflop:6.2f} GFLOP {gflop / ms * 1e3:6.1f} GFLOP/s' if gflop and ms else ''
     print(f'{ms:9.2f} {ms * 1e3 / ops_sum:6.1%}  {kind:20s} {rate}')
   print(f'{"ms/step":>9} {"share":>6} {"calls":>6} {"GFLOP/s":>8}  op')
   for name, us in total.most_common(args.top):
-    rate = f'{flops[name] * round(calls[name]) / us / 1e3:8.1f}' if name in flops else ''
+    rate = f'{flops[name] * round(calls[name]) / us / 1e3:8.1f}' if name in flops and us else ''
     print(f'{us / 1e3:9.2f} {us / ops_sum:6.1%} {calls[name]:6.0f} {rate:>8}  {name}')
 
 
