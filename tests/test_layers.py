@@ -1,5 +1,7 @@
 """Tests for bach_jax.models.layers: the custom-VJP scan LSTM against references."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +135,28 @@ def test_gradients_with_batch_sharded_over_a_mesh():
   actual = sharded(jax.device_put(params, repl), jax.device_put(x, data),
                    jax.device_put(carry, data))
   _assert_trees_close(actual[1], _outputs_and_grads(reference_lstm, probes)(params, x, carry)[1])
+
+
+def test_gradient_reuses_buffers_instead_of_zero_filling_new_ones():
+  """The forward scan writes the gate activations over the input projection and the
+  reverse scan the gate gradients over the activations: the compiled gradient holds
+  no zero-filled (or copied) [T, B, 4H] buffer. A change that breaks this still
+  gives the right numbers, only slower: this is what catches it."""
+  steps, batch, in_size, hidden = 6, 3, 5, 8
+
+  def loss(x, w_ih, w_hh, b, h0, c0):
+    hs, (_, c) = layers.lstm_layer(x, w_ih, w_hh, b, h0, c0)
+    return jnp.sum(jnp.sin(hs)) + jnp.sum(c)
+
+  shapes = [(steps, batch, in_size), (in_size, 4 * hidden), (hidden, 4 * hidden),
+            (4 * hidden,), (batch, hidden), (batch, hidden)]
+  hlo = _jit(jax.grad(loss, argnums=tuple(range(6)))).lower(
+      *[jnp.ones(s) for s in shapes]).compile().as_text()
+  gates = re.escape(f'f32[{steps},{batch},{4 * hidden}]')
+  assert re.search(gates + r'\{', hlo), 'no [T, B, 4H] buffer found: test out of date'
+  filled = [line.strip()[:120] for line in hlo.splitlines()
+            if re.search(gates + r'\{[^}]*\} (broadcast|copy)\(', line)]
+  assert not filled, filled
 
 
 def test_layer_parameter_names_and_shapes():
