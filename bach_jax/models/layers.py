@@ -46,7 +46,9 @@ def _recurrent_matmul(v, w_t, dtype):
   v, w_t = v.astype(dtype), w_t.astype(dtype)
 
   def weight_left(v, w_t):
-    out = jax.lax.dot_general(w_t, v, (((1,), (1,)), ((), ())),
+    # Barriers: without the first, XLA folds the caller's transpose of w_t into the
+    # dot (contracting its dim 0), a form XLA:CPU runs with a slow generic loop.
+    out = jax.lax.dot_general(jax.lax.optimization_barrier(w_t), v, (((1,), (1,)), ((), ())),
                               preferred_element_type=jnp.float32)
     return jax.lax.optimization_barrier(out).T
 
