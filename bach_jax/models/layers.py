@@ -17,7 +17,7 @@ weight-gradient matmul; one matmul needs at most one (10-16% faster steps).
 No [T, B, 4H] buffer is allocated for the scans: the forward scan writes the gate
 activations over the input projection and the reverse scan the gate gradients
 over the activations, row t after it is read (the scans' own output buffers would
-be zero-filled first; reusing them made training steps 4-6% faster).
+be zero-filled first; reusing them made training steps about 4% faster).
 Second-order reverse mode (grad of grad) works; forward mode (jax.jvp, jacfwd)
 does not.
 """
@@ -39,15 +39,15 @@ def _recurrent_matmul(v, w_t, dtype):
   the scans' matmuls took 10-20% less op time that way (bench/profile_step),
   presumably because XLA:CPU's matmul library packs the right-hand operand at
   each call and the small one is cheaper to pack. No transpose is materialized:
-  XLA reads the [N, B] product transposed in the fusion that consumes it. The
-  barrier keeps XLA from rewriting the product back to v @ w_t.T. Elsewhere the
-  plain form.
+  XLA reads the [N, B] product transposed in the fusion that consumes it.
+  Elsewhere the plain form.
   """
   v, w_t = v.astype(dtype), w_t.astype(dtype)
 
   def weight_left(v, w_t):
-    # Barriers: without the first, XLA folds the caller's transpose of w_t into the
-    # dot (contracting its dim 0), a form XLA:CPU runs with a slow generic loop.
+    # Barriers, or XLA rewrites the product back to v @ w_t.T (the one on out), or
+    # folds the caller's transpose of w_t into the dot, contracting its dim 0, which
+    # XLA:CPU runs outside its matmul library (the sampler was 2-3x slower).
     out = jax.lax.dot_general(jax.lax.optimization_barrier(w_t), v, (((1,), (1,)), ((), ())),
                               preferred_element_type=jnp.float32)
     return jax.lax.optimization_barrier(out).T
