@@ -145,9 +145,11 @@ def _lstm_layer_bwd(dtype, residuals, cotangents):
   # (the compiler adds the all-reduce).
   h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
   inputs = jnp.concatenate([x.astype(dtype), h_prev.astype(dtype)], axis=-1)
-  d_w = jnp.einsum('tbk,tbg->kg', inputs, d_gates.astype(dtype),
-                   preferred_element_type=jnp.float32,
-                   out_sharding=jax.typeof(w_hh).sharding)
+  # Contracting (t, b) in that order: jnp.einsum says (b, t), and XLA then
+  # reorders the whole [T, B, 4H] d_gates to [B, T, 4H] first.
+  d_w = jax.lax.dot_general(inputs, d_gates.astype(dtype), (((0, 1), (0, 1)), ((), ())),
+                            preferred_element_type=jnp.float32,
+                            out_sharding=jax.typeof(w_hh).sharding)
   d = x.shape[-1]
   d_x = jnp.einsum('tbg,dg->tbd', d_gates.astype(dtype), w_ih.astype(dtype),
                    preferred_element_type=jnp.float32)
