@@ -266,3 +266,48 @@ def test_weight_dropout_drops_recurrent_weights_in_training_only():
   np.testing.assert_allclose(grads[0]['w_ih'], ref_grads[0]['w_ih'], rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(np.where(dropped, 0.0, grads[0]['w_hh'] * 0.5),
                              np.where(dropped, 0.0, ref_grads[0]['w_hh']), rtol=1e-4, atol=ATOL)
+
+
+@pytest.mark.parametrize('time_chunk', [1, 3])
+def test_stack_in_time_chunks_equals_whole_sequence(time_chunk):
+  """Chunks of 1 and of 3 steps (7 = 3 + 3 + 1): outputs, final carries and every
+  gradient equal the stack run over the whole sequence at once, DropConnect included
+  (one w_hh mask per call, not per chunk)."""
+  batch, steps, in_size, hidden = 3, 7, 5, 8
+  x = jax.random.normal(jax.random.key(0), (batch, steps, in_size))
+  carry = tuple((0.5 * jax.random.normal(jax.random.key(10 + l), (batch, hidden)),
+                 jax.random.normal(jax.random.key(20 + l), (batch, hidden))) for l in range(2))
+  probe = jax.random.normal(jax.random.key(1), (batch, steps, hidden))
+
+  def run(chunk):
+    stack = layers.LSTMStack(hidden, 2, weight_dropout_rate=0.5, time_chunk=chunk)
+    params = stack.init(jax.random.key(2), x)
+
+    def loss(params, x, carry):
+      out, new_carry = stack.apply(params, x, carry, deterministic=False,
+                                   rngs={'dropout': jax.random.key(3)})
+      return jnp.sum(out * probe) + sum(jnp.sum(jnp.sin(c)) for hc in new_carry for c in hc), (
+          out, new_carry)
+    return _jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, x, carry)
+
+  assert layers.time_chunks(steps, batch, hidden, time_chunk)[1][0] == time_chunk
+  (_, whole), whole_grads = run(0)
+  (_, chunked), chunked_grads = run(time_chunk)
+  _assert_trees_close(chunked, whole)
+  _assert_trees_close(chunked_grads, whole_grads, rtol=1e-4)
+
+
+def test_time_chunks():
+  assert layers.time_chunks(7, 3, 8, 0) == [(0, 7)]
+  assert layers.time_chunks(7, 3, 8, 3) == [(0, 3), (3, 6), (6, 7)]
+  assert layers.time_chunks(2, 3, 8, 5) == [(0, 2)]
+  if jax.default_backend() != 'cpu':
+    assert layers.time_chunks(128, 128, 512) == [(0, 128)]
+    return
+  # Auto on CPU: about 8 MiB of gate pre-activations per chunk, at most 16 chunks.
+  assert len(layers.time_chunks(32, 64, 512)) == 2
+  assert len(layers.time_chunks(128, 128, 512)) == 16
+  assert len(layers.time_chunks(1024, 128, 512)) == 16
+  assert layers.time_chunks(32, 4, 16) == [(0, 32)]
+  with pytest.raises(ValueError, match='time_chunk'):
+    layers.time_chunks(7, 3, 8, -1)

@@ -179,6 +179,31 @@ def lstm_layer(x, w_ih, w_hh, b, h0, c0, *, dtype=None):
   return _lstm_layer(x, w_ih, w_hh, b, h0, c0, dtype)
 
 
+# On CPU the stack runs the sequence in time chunks of about this many bytes of gate
+# pre-activations ([steps, B, 4H] float32) each, and at most _MAX_CHUNKS of them.
+_CPU_CHUNK_BYTES = 8 << 20
+_MAX_CHUNKS = 16
+
+
+def time_chunks(steps, batch, hidden_size, chunk_steps=None):
+  """-> [(start, stop)]: the time chunks LSTMStack runs a sequence in.
+
+  chunk_steps: steps per chunk; 0 = the whole sequence at once; None = on CPU
+    about _CPU_CHUNK_BYTES of gate pre-activations per chunk (16 steps at batch
+    64, hidden 512) and at most _MAX_CHUNKS chunks, elsewhere the whole sequence.
+  """
+  if chunk_steps is None:
+    if jax.default_backend() != 'cpu':
+      chunk_steps = steps
+    else:
+      chunk_steps = max(_CPU_CHUNK_BYTES // (batch * 4 * hidden_size * 4),
+                        -(-steps // _MAX_CHUNKS), 1)
+  elif chunk_steps < 0:
+    raise ValueError(f'time_chunk must be >= 0 (0 = whole sequence), got {chunk_steps}')
+  chunk_steps = chunk_steps or steps
+  return [(start, min(start + chunk_steps, steps)) for start in range(0, steps, chunk_steps)]
+
+
 class LSTMLayer(nn.Module):
   """One LSTM layer over a whole sequence. x: float[B, T, D] -> float[B, T, H].
 
@@ -191,21 +216,24 @@ class LSTMLayer(nn.Module):
   weight_dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x, carry: Optional[Carry] = None, *, deterministic: bool = True):
+  def weights(self, in_size, *, deterministic=True):
+    """-> (w_ih, w_hh, b), with DropConnect applied to w_hh in training."""
     h_size = self.hidden_size
-    d = x.shape[-1]
-    w_ih = self.param('w_ih', nn.initializers.lecun_normal(), (d, 4 * h_size))
+    w_ih = self.param('w_ih', nn.initializers.lecun_normal(), (in_size, 4 * h_size))
     w_hh = self.param('w_hh', nn.initializers.orthogonal(column_axis=-1), (h_size, 4 * h_size))
     # Forget-gate bias 1: the usual start that lets gradients flow early on.
     b = self.param('b', lambda _, s: jnp.zeros(s).at[h_size:2 * h_size].set(1.0),
                    (4 * h_size,))
     if self.weight_dropout_rate and not deterministic:
       w_hh = nn.Dropout(self.weight_dropout_rate)(w_hh, deterministic=False)
-    batch = x.shape[0]
+    return w_ih, w_hh, b
+
+  def __call__(self, x, carry: Optional[Carry] = None, *, deterministic: bool = True):
+    weights = self.weights(x.shape[-1], deterministic=deterministic)
     if carry is None:
-      carry = (jnp.zeros((batch, h_size), jnp.float32),) * 2
+      carry = (jnp.zeros((x.shape[0], self.hidden_size), jnp.float32),) * 2
     # Time-major, so the scan reads rows.
-    hs, carry = lstm_layer(jnp.swapaxes(x, 0, 1), w_ih, w_hh, b, *carry, dtype=self.dtype)
+    hs, carry = lstm_layer(jnp.swapaxes(x, 0, 1), *weights, *carry, dtype=self.dtype)
     return jnp.swapaxes(hs, 0, 1), carry
 
 
@@ -216,23 +244,42 @@ class LSTMStack(nn.Module):
   a tuple with one (h, c) per layer or None for the zero state. Feeding T=1
   steps with the carry threaded through gives exactly the whole-sequence output,
   which is what sampling does inside a lax.scan.
+
+  The sequence runs in time chunks (`time_chunks`), every layer on chunk k before
+  chunk k + 1, the carries passed on. The result is the same; what changes is the
+  dataflow: layer l + 1 on chunk k depends only on layer l's chunk k, so XLA runs
+  it beside layer l on chunk k + 1, and in the backward pass the other way round.
+  On a 2-core CPU, where a scan step's gate arithmetic leaves a core idle, that
+  made training steps 2-10% faster (bench/train_step; README). Dropout masks are
+  drawn per chunk (same distribution; different draws for a different chunking).
   """
   hidden_size: int
   num_layers: int
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
   weight_dropout_rate: float = 0.0  # DropConnect on each layer's w_hh (LSTMLayer).
+  time_chunk: Optional[int] = None  # Steps per chunk: see time_chunks (None = auto).
 
   @nn.compact
   def __call__(self, x, carry: Optional[Sequence[Carry]] = None, *, deterministic: bool = True):
-    new_carry = []
+    batch, steps, in_size = x.shape
+    weights = []
     for i in range(self.num_layers):
-      x, c = LSTMLayer(self.hidden_size, dtype=self.dtype,
-                       weight_dropout_rate=self.weight_dropout_rate, name=f'lstm_{i}')(
-          x, None if carry is None else carry[i], deterministic=deterministic)
-      new_carry.append(c)
-      x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    return x, tuple(new_carry)
+      layer = LSTMLayer(self.hidden_size, dtype=self.dtype,
+                        weight_dropout_rate=self.weight_dropout_rate, name=f'lstm_{i}')
+      weights.append(layer.weights(in_size if i == 0 else self.hidden_size,
+                                   deterministic=deterministic))
+    carry = list(self.zero_carry(batch) if carry is None else carry)
+    dropout = nn.Dropout(self.dropout_rate)
+    x = jnp.swapaxes(x, 0, 1)  # Time-major, so the scans read rows.
+    outs = []
+    for start, stop in time_chunks(steps, batch, self.hidden_size, self.time_chunk):
+      h = x[start:stop]
+      for i in range(self.num_layers):
+        h, carry[i] = lstm_layer(h, *weights[i], *carry[i], dtype=self.dtype)
+        h = dropout(h, deterministic=deterministic)
+      outs.append(h)
+    return jnp.swapaxes(jnp.concatenate(outs, axis=0), 0, 1), tuple(carry)
 
   def zero_carry(self, batch_size):
     z = jnp.zeros((batch_size, self.hidden_size), jnp.float32)
