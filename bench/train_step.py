@@ -69,11 +69,11 @@ def parse_args(argv=None):
   return args
 
 
-def maybe_reexec_with_tuned_malloc(args, argv):
+def maybe_reexec_with_tuned_malloc(args, argv, module='bench.train_step'):
   """glibc reads GLIBC_TUNABLES at process start, so the setting needs a new process."""
   if args.malloc == 'tuned' and os.environ.get('GLIBC_TUNABLES') != TUNED_MALLOC:
     env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC)
-    os.execve(sys.executable, [sys.executable, '-m', 'bench.train_step'] + argv,
+    os.execve(sys.executable, [sys.executable, '-m', module] + argv,
               dict(env, PYTHONPATH=os.pathsep.join(
                   [REPO_ROOT] + [p for p in [env.get('PYTHONPATH')] if p])))
 
