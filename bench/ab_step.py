@@ -24,12 +24,10 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 if __package__ in (None, ''):  # Run as `python bench/ab_step.py`.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,7 +35,8 @@ if __package__ in (None, ''):  # Run as `python bench/ab_step.py`.
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench.implementations import (  # pylint: disable=g-import-not-at-top
-    REPO_ROOT, _TorchRunner, _torch_device, make_bach_jax_step, make_rolls)
+    REPO_ROOT, _TorchRunner, _torch_device, make_bach_jax_step, make_rolls, paired_ratios,
+    run_rounds)
 from bench.train_step import (  # pylint: disable=g-import-not-at-top
     TUNED_MALLOC, Emitter, maybe_reexec_with_tuned_malloc)
 
@@ -109,27 +108,6 @@ def stack_class(cls):
     lstm.LSTMStack = saved
 
 
-def paired_ratios(times, base):
-  """-> {name: [t_name / t_base per round]}."""
-  return {name: [t / b for t, b in zip(ts, times[base])] for name, ts in times.items()}
-
-
-def run_rounds(runners, rounds, seed=0):
-  """Runs every runner once per round in a shuffled order. -> ({name: [s]}, {name: loss})."""
-  rng = random.Random(seed)
-  times = {name: [] for name in runners}
-  losses = {}
-  names = list(runners)
-  for _ in range(rounds):
-    rng.shuffle(names)
-    for name in names:
-      t0 = time.perf_counter()
-      metrics = runners[name].step()
-      times[name].append(time.perf_counter() - t0)
-      losses[name] = float(metrics['loss'])
-  return times, losses
-
-
 def bench_size(args, emit, stacks, batch, steps, torch_device):
   roll = make_rolls(batch, steps)
   runners = {}
@@ -141,7 +119,7 @@ def bench_size(args, emit, stacks, batch, steps, torch_device):
   for runner in runners.values():
     for _ in range(args.warmup):
       runner.step()
-  times, losses = run_rounds(runners, args.rounds)
+  times, _, losses = run_rounds(runners, args.rounds)
   ratios = paired_ratios(times, CURRENT)
   for name, ts in times.items():
     q25, q75 = np.percentile(ratios[name], [25, 75])

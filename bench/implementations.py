@@ -6,6 +6,7 @@ loss (sigmoid BCE summed over keys, mean over batch and time) and Adam.
 import functools
 import importlib.util
 import os
+import random
 import time
 
 import numpy as np
@@ -166,6 +167,35 @@ class _JaxRunner:
     self.state, metrics = self.compiled(self.state, *self.args)
     jax.block_until_ready((self.state, metrics))
     return metrics
+
+
+def run_rounds(runners, rounds, seed=0):
+  """Runs every runner once per round, in an order shuffled per round (fixed seed).
+
+  -> ({name: [wall s]}, {name: [process CPU s]}, {name: last loss}). Shuffling keeps
+  any one implementation from always running right after another (caches, the other
+  framework's threads still spinning); one step of each per round lets the per-round
+  ratios (paired_ratios) cancel the machine's drift.
+  """
+  rng = random.Random(seed)
+  times = {name: [] for name in runners}
+  cpu_times = {name: [] for name in runners}
+  losses = {}
+  names = list(runners)
+  for _ in range(rounds):
+    rng.shuffle(names)
+    for name in names:
+      c0, t0 = time.process_time(), time.perf_counter()
+      metrics = runners[name].step()
+      times[name].append(time.perf_counter() - t0)
+      cpu_times[name].append(time.process_time() - c0)
+      losses[name] = float(metrics['loss'])
+  return times, cpu_times, losses
+
+
+def paired_ratios(times, base):
+  """-> {name: [t_name / t_base per round]}."""
+  return {name: [t / b for t, b in zip(ts, times[base])] for name, ts in times.items()}
 
 
 # --------------------------------------------------------------------------- torch

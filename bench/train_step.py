@@ -3,8 +3,11 @@
 The paper's baseline: piano-roll batches float32[B, T, 88], a 2-layer LSTM with
 512 units, a dense layer to 88 logits, sigmoid BCE summed over the keys and
 averaged over batch and time, Adam. Each implementation runs one full training
-step (forward, backward, optimizer update); the runs are interleaved
-(A B C A B C ...) after a warm-up so that drift of the machine hits all alike.
+step (forward, backward, optimizer update); after a warm-up every round runs
+each implementation once, in an order shuffled per round, so that drift of the
+machine hits all alike. "x torch" is the median over the rounds of each round's
+ratio to torch's step, with its quartiles (the ratio of the medians is in the JSON
+as ratio_of_medians): quartiles that straddle 1.0 mean "level".
 
   python -m bench.train_step                 # 64x32 and 128x128, 20 steps each
   python -m bench.train_step --quick         # smoke run: 64x32, 3 steps
@@ -34,7 +37,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench.implementations import (  # pylint: disable=g-import-not-at-top
     HIDDEN, NUM_KEYS, NUM_LAYERS, REPO_ROOT, _TorchRunner, _jax_num_threads,
-    _load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_rolls)
+    _load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_rolls,
+    paired_ratios, run_rounds)
 
 # What the notes in shared/notes/lstm-cpu-probe.md found to remove most page faults.
 TUNED_MALLOC = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
@@ -178,16 +182,7 @@ def bench_size(args, emit, batch, steps, peak, torch_device):
     runners[name] = makers[name]()
     for _ in range(args.warmup + (1 if name == 'torch' else 0)):
       runners[name].step()
-  times = {name: [] for name in runners}
-  cpu_times = {name: [] for name in runners}
-  losses = {}
-  for _ in range(args.steps):
-    for name, runner in runners.items():  # Interleaved: A B C A B C ...
-      c0, t0 = time.process_time(), time.perf_counter()
-      metrics = runner.step()
-      times[name].append(time.perf_counter() - t0)
-      cpu_times[name].append(time.process_time() - c0)
-      losses[name] = float(metrics['loss'])
+  times, cpu_times, losses = run_rounds(runners, args.steps)
   flops = step_flops(batch, steps)
   results = {}
   for name, runner in runners.items():
@@ -201,9 +196,14 @@ def bench_size(args, emit, batch, steps, peak, torch_device):
                          # wall time to other processes on the machine, but it counts
                          # OpenMP spin-waiting (torch) as work.
                          cpu_median_ms=1e3 * statistics.median(cpu_times[name]))
+  ratios = paired_ratios(times, 'torch') if 'torch' in results else {}
   for name, r in results.items():
-    if 'torch' in results:
-      r['ratio_vs_torch'] = r['median_ms'] / results['torch']['median_ms']
+    if ratios:
+      # The median of the per-round ratios (each round runs every implementation once),
+      # with its quartiles: the figure to compare. The ratio of the medians is kept too.
+      q25, q75 = np.percentile(ratios[name], [25, 75])
+      r.update(ratio_vs_torch=statistics.median(ratios[name]), ratio_p25=q25, ratio_p75=q75,
+               ratio_of_medians=r['median_ms'] / results['torch']['median_ms'])
     r['loadavg_end'] = list(os.getloadavg())
     emit(**r)
 
@@ -270,7 +270,8 @@ def bench_sampling(emit, quick):
        frames_per_s=frames / statistics.median(times))
 
 
-def print_table(records, file=sys.stdout):
+def print_table(records, file=None):
+  file = file or sys.stdout
   env = next(r for r in records if r['kind'] == 'env')
   peaks = [r for r in records if r['kind'] == 'matmul_peak']
   peak_text = ', '.join(f"{r['gflops_best']:.0f}" for r in peaks)
@@ -279,18 +280,19 @@ def print_table(records, file=sys.stdout):
         f"float32 2048^3 matmul peak (start, end): "
         f"{peak_text} GFLOP/s; "
         f"% peak uses the start value", file=file)
-  header = ('size', 'impl', 'median ms', 'min-max ms', 'IQR ms', 'x torch', 'GFLOP/s',
-            '% peak', 'compile s')
+  header = ('size', 'impl', 'median ms', 'min-max ms', 'IQR ms', 'x torch', 'p25-p75',
+            'GFLOP/s', '% peak', 'compile s')
   rows = []
   for r in records:
     if r['kind'] != 'train_step':
       continue
     if 'skipped' in r:
-      rows.append((r['size'], r['impl'], 'skipped: ' + r['skipped'], '', '', '', '', '', ''))
+      rows.append((r['size'], r['impl'], 'skipped: ' + r['skipped']) + ('',) * 7)
       continue
     rows.append((r['size'], r['impl'], f"{r['median_ms']:.1f}",
                  f"{r['min_ms']:.1f}-{r['max_ms']:.1f}", f"{r['p25_ms']:.1f}-{r['p75_ms']:.1f}",
                  f"{r['ratio_vs_torch']:.3f}" if 'ratio_vs_torch' in r else '-',
+                 f"{r['ratio_p25']:.3f}-{r['ratio_p75']:.3f}" if 'ratio_p25' in r else '-',
                  f"{r['gflops']:.1f}", f"{r['pct_peak']:.0f}", f"{r['compile_s']:.1f}"))
   widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
   for row in [header] + rows:

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from bench import ab_step
+from bench import implementations
 from bach_jax.models import layers
 
 
@@ -26,8 +27,30 @@ def test_load_variant_errors_name_the_variant(tmp_path):
 
 
 def test_paired_ratios_are_per_round():
-  ratios = ab_step.paired_ratios({'current': [1.0, 2.0], 'v': [2.0, 2.0]}, 'current')
+  ratios = implementations.paired_ratios({'current': [1.0, 2.0], 'v': [2.0, 2.0]}, 'current')
   assert ratios == {'current': [1.0, 1.0], 'v': [2.0, 1.0]}
+
+
+class _Recorder:
+  """A runner that logs its name each time it steps."""
+
+  def __init__(self, name, log):
+    self.name, self.log = name, log
+
+  def step(self):
+    self.log.append(self.name)
+    return {'loss': float(len(self.log))}
+
+
+def test_run_rounds_runs_each_once_per_round_in_shuffled_orders():
+  log = []
+  runners = {name: _Recorder(name, log) for name in 'abc'}
+  times, cpu_times, losses = implementations.run_rounds(runners, rounds=12, seed=1)
+  rounds = [log[i:i + 3] for i in range(0, len(log), 3)]
+  assert len(rounds) == 12 and all(sorted(r) == ['a', 'b', 'c'] for r in rounds)
+  assert len({tuple(r) for r in rounds}) > 1  # Not a fixed A B C order.
+  assert all(len(times[n]) == len(cpu_times[n]) == 12 for n in 'abc')
+  assert losses[rounds[-1][-1]] == 36.0
 
 
 def test_main_times_each_variant_in_the_benchmark_step(tmp_path, capsys):
