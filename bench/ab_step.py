@@ -32,10 +32,8 @@ import tempfile
 if __package__ in (None, ''):  # Run as `python bench/ab_step.py`.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-
 from bench.implementations import (  # pylint: disable=g-import-not-at-top
-    REPO_ROOT, _TorchRunner, _torch_device, make_bach_jax_step, make_rolls, paired_ratios,
+    REPO_ROOT, _TorchRunner, _torch_device, make_bach_jax_step, make_rolls, ratio_quartiles,
     run_rounds)
 from bench.train_step import (  # pylint: disable=g-import-not-at-top
     TUNED_MALLOC, Emitter, maybe_reexec_with_tuned_malloc)
@@ -120,12 +118,12 @@ def bench_size(args, emit, stacks, batch, steps, torch_device):
     for _ in range(args.warmup):
       runner.step()
   times, _, losses = run_rounds(runners, args.rounds)
-  ratios = paired_ratios(times, CURRENT)
+  ratios = ratio_quartiles(times, CURRENT)
   for name, ts in times.items():
-    q25, q75 = np.percentile(ratios[name], [25, 75])
+    median, q25, q75 = ratios[name]
     emit(kind='ab_step', variant=name, size=f'{batch}x{steps}', rounds=len(ts),
          median_ms=1e3 * statistics.median(ts), min_ms=1e3 * min(ts),
-         ratio_vs_current=statistics.median(ratios[name]), ratio_p25=q25, ratio_p75=q75,
+         ratio_vs_current=median, ratio_p25=q25, ratio_p75=q75,
          compile_s=runners[name].compile_s, last_loss=losses[name],
          malloc=os.environ.get('GLIBC_TUNABLES', '(unset)'))
 

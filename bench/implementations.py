@@ -198,6 +198,15 @@ def paired_ratios(times, base):
   return {name: [t / b for t, b in zip(ts, times[base])] for name, ts in times.items()}
 
 
+def ratio_quartiles(times, base):
+  """-> {name: (median, p25, p75)} of each runner's per-round ratio to `base`."""
+  out = {}
+  for name, ratios in paired_ratios(times, base).items():
+    q25, q75 = np.percentile(ratios, [25, 75])
+    out[name] = (float(np.median(ratios)), float(q25), float(q75))
+  return out
+
+
 # --------------------------------------------------------------------------- torch
 
 

@@ -38,7 +38,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from bench.implementations import (  # pylint: disable=g-import-not-at-top
     HIDDEN, NUM_KEYS, NUM_LAYERS, REPO_ROOT, _TorchRunner, _jax_num_threads,
     _load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_rolls,
-    paired_ratios, run_rounds)
+    ratio_quartiles, run_rounds)
 
 # What the notes in shared/notes/lstm-cpu-probe.md found to remove most page faults.
 TUNED_MALLOC = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
@@ -196,13 +196,13 @@ def bench_size(args, emit, batch, steps, peak, torch_device):
                          # wall time to other processes on the machine, but it counts
                          # OpenMP spin-waiting (torch) as work.
                          cpu_median_ms=1e3 * statistics.median(cpu_times[name]))
-  ratios = paired_ratios(times, 'torch') if 'torch' in results else {}
+  ratios = ratio_quartiles(times, 'torch') if 'torch' in results else {}
   for name, r in results.items():
     if ratios:
       # The median of the per-round ratios (each round runs every implementation once),
       # with its quartiles: the figure to compare. The ratio of the medians is kept too.
-      q25, q75 = np.percentile(ratios[name], [25, 75])
-      r.update(ratio_vs_torch=statistics.median(ratios[name]), ratio_p25=q25, ratio_p75=q75,
+      median, q25, q75 = ratios[name]
+      r.update(ratio_vs_torch=median, ratio_p25=q25, ratio_p75=q75,
                ratio_of_medians=r['median_ms'] / results['torch']['median_ms'])
     r['loadavg_end'] = list(os.getloadavg())
     emit(**r)

@@ -29,6 +29,8 @@ def test_load_variant_errors_name_the_variant(tmp_path):
 def test_paired_ratios_are_per_round():
   ratios = implementations.paired_ratios({'current': [1.0, 2.0], 'v': [2.0, 2.0]}, 'current')
   assert ratios == {'current': [1.0, 1.0], 'v': [2.0, 1.0]}
+  quartiles = implementations.ratio_quartiles({'c': [1.0] * 4, 'v': [1.0, 2.0, 3.0, 4.0]}, 'c')
+  assert quartiles == {'c': (1.0, 1.0, 1.0), 'v': (2.5, 1.75, 3.25)}
 
 
 class _Recorder:
