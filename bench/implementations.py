@@ -143,6 +143,92 @@ def make_flax_step(roll, dtype):
   return _JaxRunner(step, state, (roll,), 'flax.linen.RNN(OptimizedLSTMCell)')
 
 
+def make_matmul_floor(roll, dtype):
+  """The matmuls of bach_jax's LSTM training step and as little else as possible.
+
+  The same products in the same order as layers.LSTMStack and its custom VJP: the
+  same time chunks, the input projections, the scans' weight-left recurrent
+  products (layers._recurrent_matmul), the head, the weight gradients per chunk and
+  the input gradient of every layer but the first. The glue is one tanh of [B, H]
+  per scan step (it keeps the values finite) and the gate-gradient rows written
+  for the weight gradients; no gate arithmetic, loss or optimizer. Its time is the
+  floor the step would reach if everything but the matmuls were free: the part of
+  a gap to torch that no change outside the matmuls can close.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from bach_jax.models import layers  # pylint: disable=g-import-not-at-top
+
+  dtype = jnp.dtype(dtype)
+  batch, steps = roll.shape[0], roll.shape[1] - 1
+  chunks = layers.time_chunks(steps, batch, HIDDEN)
+  keys = iter(jax.random.split(jax.random.key(0), 2 * NUM_LAYERS + 1))
+  # bach_jax's LSTM reads 89 features per frame: the keys and a start flag
+  # (models/common.frame_features).
+  sizes = [NUM_KEYS + 1] + [HIDDEN] * (NUM_LAYERS - 1)
+  w_ih = [0.05 * jax.random.normal(next(keys), (d, 4 * HIDDEN)) for d in sizes]
+  w_hh = [0.05 * jax.random.normal(next(keys), (HIDDEN, 4 * HIDDEN)) for _ in sizes]
+  w_out = 0.05 * jax.random.normal(next(keys), (HIDDEN, NUM_KEYS))
+
+  def scan_forward(x_proj, w_hh_t, h):
+    def step(h, xp):
+      h = jnp.tanh((xp + layers._recurrent_matmul(h, w_hh_t, dtype))[:, :HIDDEN])  # pylint: disable=protected-access
+      return h, h
+    return jax.lax.scan(step, h, x_proj)
+
+  def scan_backward(d_hs, w_hh, d):
+    def step(d, d_h):
+      d_gates = jnp.concatenate([d + d_h] * 4, axis=-1)
+      return jnp.tanh(layers._recurrent_matmul(d_gates, w_hh, dtype)), d_gates  # pylint: disable=protected-access
+    return jax.lax.scan(step, d, d_hs, reverse=True)
+
+  def matmuls(x, w_ih, w_hh, w_out):
+    cast = lambda v: v.astype(dtype)
+    zeros = jnp.zeros((batch, HIDDEN))
+    carry = [zeros] * NUM_LAYERS
+    inputs = {}  # (chunk, layer) -> [x_t, h_{t-1}], the weight gradients' operand.
+    outs = []
+    for k, (start, stop) in enumerate(chunks):
+      h = x[start:stop]
+      for i in range(NUM_LAYERS):
+        x_proj = jnp.einsum('tbd,dg->tbg', cast(h), cast(w_ih[i]),
+                            preferred_element_type=jnp.float32)
+        h_last, hs = scan_forward(x_proj, cast(w_hh[i].T), carry[i])
+        inputs[k, i] = jnp.concatenate([h, jnp.concatenate([carry[i][None], hs[:-1]])], -1)
+        carry[i], h = h_last, hs
+      outs.append(h)
+    hs = jnp.concatenate(outs)
+    d_logits = jnp.tanh(jnp.einsum('tbh,hk->tbk', cast(hs), cast(w_out),
+                                   preferred_element_type=jnp.float32))
+    grads = [jnp.einsum('tbh,tbk->hk', cast(hs), cast(d_logits),
+                        preferred_element_type=jnp.float32)]
+    d_out = jnp.einsum('tbk,hk->tbh', cast(d_logits), cast(w_out),
+                       preferred_element_type=jnp.float32)
+    d_carry = [zeros] * NUM_LAYERS
+    for k, (start, stop) in reversed(list(enumerate(chunks))):
+      d_h = d_out[start:stop]
+      for i in reversed(range(NUM_LAYERS)):
+        d_carry[i], d_gates = scan_backward(d_h, cast(w_hh[i]), d_carry[i])
+        grads.append(jax.lax.dot_general(cast(inputs[k, i]), cast(d_gates),
+                                         (((0, 1), (0, 1)), ((), ())),
+                                         preferred_element_type=jnp.float32))
+        if i:
+          d_h = jnp.einsum('tbg,dg->tbd', cast(d_gates), cast(w_ih[i]),
+                           preferred_element_type=jnp.float32)
+    return grads
+
+  def step(state, x, w_ih, w_hh, w_out):
+    # The gradients are outputs, or XLA would drop the matmuls that make them.
+    return state, {'loss': jnp.zeros(()), 'grads': matmuls(x, w_ih, w_hh, w_out)}
+
+  frames = roll[:, :-1].astype(np.float32)
+  start = np.zeros(frames.shape[:2] + (1,), np.float32)
+  start[:, 0] = 1.0
+  x = jnp.swapaxes(jnp.asarray(np.concatenate([frames, start], -1)), 0, 1)
+  return _JaxRunner(jax.jit(step), jnp.zeros(()), (x, w_ih, w_hh, w_out),
+                    f'the matmuls of the bach_jax step only ({len(chunks)} time chunks)')
+
+
 def _load_config_module(name):
   path = os.path.join(REPO_ROOT, 'configs', f'{name}.py')
   if not os.path.exists(path):

@@ -7,7 +7,9 @@ step (forward, backward, optimizer update); after a warm-up every round runs
 each implementation once, in an order shuffled per round, so that drift of the
 machine hits all alike. "x torch" is the median over the rounds of each round's
 ratio to torch's step, with its quartiles (the ratio of the medians is in the JSON
-as ratio_of_medians): quartiles that straddle 1.0 mean "level".
+as ratio_of_medians): quartiles that straddle 1.0 mean "level". The row
+'matmuls' runs only the matmuls of bach_jax's step (implementations.make_matmul_floor):
+its floor, the time left if every other op were free.
 
   python -m bench.train_step                 # 64x32 and 128x128, 20 steps each
   python -m bench.train_step --quick         # smoke run: 64x32, 3 steps
@@ -37,8 +39,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench.implementations import (  # pylint: disable=g-import-not-at-top
     HIDDEN, NUM_KEYS, NUM_LAYERS, REPO_ROOT, _TorchRunner, _jax_num_threads,
-    _load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_rolls,
-    ratio_quartiles, run_rounds)
+    _load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_matmul_floor,
+    make_rolls, ratio_quartiles, run_rounds)
 
 # What the notes in shared/notes/lstm-cpu-probe.md found to remove most page faults.
 TUNED_MALLOC = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
@@ -53,8 +55,9 @@ def parse_args(argv=None):
                  help='Timed steps per implementation and size (default 20; --quick: 3).')
   p.add_argument('--warmup', type=int, default=None,
                  help='Untimed steps per implementation after compiling (default 3; --quick: 1).')
-  p.add_argument('--impls', default='bach_jax,flax,torch',
-                 help='Comma-separated subset of bach_jax,flax,torch.')
+  p.add_argument('--impls', default='bach_jax,flax,torch,matmuls',
+                 help="Comma-separated subset of bach_jax,flax,torch,matmuls ('matmuls': "
+                 "only the matmuls of bach_jax's step, its floor).")
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
                  help='Matmul input dtype of the JAX LSTMs (float32 accumulation).')
   p.add_argument('--quick', action='store_true', help='Few steps, one size: a smoke run.')
@@ -174,7 +177,8 @@ def bench_size(args, emit, batch, steps, peak, torch_device):
   runners = {}
   makers = {'bach_jax': lambda: make_bach_jax_step(roll, args.dtype),
             'flax': lambda: make_flax_step(roll, args.dtype),
-            'torch': lambda: _TorchRunner(roll, torch_device)}
+            'torch': lambda: _TorchRunner(roll, torch_device),
+            'matmuls': lambda: make_matmul_floor(roll, args.dtype)}
   for name in args.impls.split(','):
     if name == 'torch' and torch_device is None:
       emit(kind='train_step', impl='torch', size=f'{batch}x{steps}', skipped=_TORCH_WHY[0])
@@ -204,6 +208,10 @@ def bench_size(args, emit, batch, steps, peak, torch_device):
       median, q25, q75 = ratios[name]
       r.update(ratio_vs_torch=median, ratio_p25=q25, ratio_p75=q75,
                ratio_of_medians=r['median_ms'] / results['torch']['median_ms'])
+    if name == 'bach_jax' and 'matmuls' in results:
+      # How far the step is above its matmul floor, per round like the ratios to torch.
+      median, q25, q75 = ratio_quartiles(times, 'matmuls')['bach_jax']
+      r.update(ratio_vs_matmuls=median, ratio_vs_matmuls_p25=q25, ratio_vs_matmuls_p75=q75)
     r['loadavg_end'] = list(os.getloadavg())
     emit(**r)
 
@@ -297,6 +305,10 @@ def print_table(records, file=None):
   widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
   for row in [header] + rows:
     print('  '.join(str(x).rjust(w) for x, w in zip(row, widths)), file=file)
+  for r in records:
+    if 'ratio_vs_matmuls' in r:
+      print(f"{r['size']}: bach_jax x its matmuls alone {r['ratio_vs_matmuls']:.3f} "
+            f"({r['ratio_vs_matmuls_p25']:.3f}-{r['ratio_vs_matmuls_p75']:.3f})", file=file)
   for r in records:
     if r['kind'] in ('data_prep', 'sampling'):
       if 'skipped' in r:

@@ -1,9 +1,12 @@
 """bench/train_step.py end to end on a tiny size: records, per-round ratios, the table."""
 
+import collections
 import json
 
 import pytest
 
+from bench import implementations
+from bench import profile_step
 from bench import train_step
 
 
@@ -24,10 +27,30 @@ def test_main_reports_per_round_ratios_to_torch(tmp_path, capsys):
   assert 'p25-p75' in capsys.readouterr().out
 
 
-def test_main_without_torch_has_no_ratios(tmp_path):
+def test_main_without_torch_has_no_ratios(tmp_path, capsys):
   out = tmp_path / 'bench.jsonl'
-  train_step.main(['--sizes', '2x4', '--steps', '2', '--warmup', '0', '--impls', 'bach_jax',
-                   '--skip', 'data,sampling', '--out', str(out)])
+  train_step.main(['--sizes', '2x4', '--steps', '2', '--warmup', '0', '--impls',
+                   'bach_jax,matmuls', '--skip', 'data,sampling', '--out', str(out)])
   steps = [json.loads(line) for line in out.read_text().splitlines()]
-  steps = [r for r in steps if r['kind'] == 'train_step']
-  assert len(steps) == 1 and 'ratio_vs_torch' not in steps[0] and steps[0]['n'] == 2
+  steps = {r['impl']: r for r in steps if r['kind'] == 'train_step'}
+  assert set(steps) == {'bach_jax', 'matmuls'}
+  assert all('ratio_vs_torch' not in r and r['n'] == 2 for r in steps.values())
+  jax_step = steps['bach_jax']
+  assert (jax_step['ratio_vs_matmuls_p25'] <= jax_step['ratio_vs_matmuls']
+          <= jax_step['ratio_vs_matmuls_p75'])
+  assert 'bach_jax x its matmuls alone' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('size', [(4, 8), (64, 20)])  # (64, 20): two time chunks on CPU.
+def test_matmul_floor_has_the_steps_matmuls(size):
+  """The floor must run the matmuls the step runs: the same dots, of the same sizes."""
+  roll = implementations.make_rolls(*size)
+
+  def dots(runner):
+    flops = profile_step.dot_flops(runner.compiled.as_text())
+    # The dots themselves (the fusions that wrap some of them are listed too).
+    return collections.Counter(f for name, f in flops.items() if name.startswith('dot'))
+
+  step_dots = dots(implementations.make_bach_jax_step(roll, 'float32'))
+  assert sum(step_dots.values()) >= 10
+  assert dots(implementations.make_matmul_floor(roll, 'float32')) == step_dots
