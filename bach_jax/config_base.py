@@ -48,7 +48,7 @@ def base_config():
   train.batch_size = 64  # Global batch (all hosts); must divide by the device count.
   train.num_steps = 5000
   train.learning_rate = 1e-3
-  train.warmup_steps = 100
+  train.warmup_steps = 100  # Linear ramp from 0 over this many steps; 0 = full rate at once.
   train.lr_schedule = 'cosine'  # 'cosine' | 'constant' (after warmup).
   train.grad_clip_norm = 1.0  # 0 = off.
   train.weight_decay = 0.0

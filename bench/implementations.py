@@ -66,6 +66,10 @@ def make_bach_jax_step(roll, dtype):
     config.train.grad_clip_norm = 0.0
     config.train.weight_decay = 0.0
     config.train.learning_rate = LEARNING_RATE
+    # Constant learning rate from the first step, as torch's and flax's Adam: the
+    # same updates, so the last losses of the three can be compared.
+    config.train.warmup_steps = 0
+    config.train.lr_schedule = 'constant'
     state = jax.jit(functools.partial(lstm.init, config), out_shardings=repl)(rng, batch)
 
     def step_fn(state, batch, rng):

@@ -86,3 +86,20 @@ def test_ema_params_follow_the_moving_average():
     np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7)
   assert any(not np.allclose(a, p) for a, p in zip(jax.tree.leaves(state.ema_params),
                                                     jax.tree.leaves(state.params)))
+
+
+@pytest.mark.parametrize('schedule', ['constant', 'cosine'])
+def test_learning_rate_warmup(schedule):
+  """train.warmup_steps: 0 = the full rate from the first update; N = a ramp from 0."""
+  from bach_jax.models import common  # pylint: disable=g-import-not-at-top
+  params = {'w': np.ones(3, np.float32)}
+  grads = {'w': np.array([1.0, -2.0, 3.0], np.float32)}
+  first = {}
+  for warmup in (0, 4):
+    config = load_config('lstm', **{'train.lr_schedule': schedule, 'train.warmup_steps': warmup,
+                                    'train.learning_rate': 0.1, 'train.weight_decay': 0.0})
+    tx = common.make_optimizer(config.train)
+    first[warmup], _ = tx.update(grads, tx.init(params), params)
+  # Adam's first update is -lr * sign(g) (up to eps).
+  np.testing.assert_allclose(first[0]['w'], [-0.1, 0.1, -0.1], rtol=1e-4)
+  np.testing.assert_array_equal(first[4]['w'], 0.0)

@@ -26,13 +26,18 @@ def make_optimizer(train_config):
   t = train_config
   warmup = max(int(t.warmup_steps), 0)
   if t.lr_schedule == 'cosine':
+    # warmup_steps = 0: the full rate from the first step (a warmup of one step would
+    # make the first update zero).
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, t.learning_rate, warmup_steps=max(warmup, 1),
-        decay_steps=max(int(t.num_steps), warmup + 1), end_value=0.1 * t.learning_rate)
+        t.learning_rate if warmup == 0 else 0.0, t.learning_rate,
+        warmup_steps=max(warmup, 1), decay_steps=max(int(t.num_steps), warmup + 1),
+        end_value=0.1 * t.learning_rate)
+  elif warmup == 0:
+    schedule = optax.constant_schedule(t.learning_rate)
   else:
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, t.learning_rate, max(warmup, 1)),
-         optax.constant_schedule(t.learning_rate)], [max(warmup, 1)])
+        [optax.linear_schedule(0.0, t.learning_rate, warmup),
+         optax.constant_schedule(t.learning_rate)], [warmup])
   chain = []
   if t.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(t.grad_clip_norm))
