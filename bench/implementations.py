@@ -174,16 +174,19 @@ def make_matmul_floor(roll, dtype):
   w_hh = [0.05 * jax.random.normal(next(keys), (HIDDEN, 4 * HIDDEN)) for _ in sizes]
   w_out = 0.05 * jax.random.normal(next(keys), (HIDDEN, NUM_KEYS))
 
+  # The scans' product, exactly as the layer computes it.
+  recurrent_matmul = layers._recurrent_matmul  # pylint: disable=protected-access
+
   def scan_forward(x_proj, w_hh_t, h):
     def step(h, xp):
-      h = jnp.tanh((xp + layers._recurrent_matmul(h, w_hh_t, dtype))[:, :HIDDEN])  # pylint: disable=protected-access
+      h = jnp.tanh((xp + recurrent_matmul(h, w_hh_t, dtype))[:, :HIDDEN])
       return h, h
     return jax.lax.scan(step, h, x_proj)
 
   def scan_backward(d_hs, w_hh, d):
     def step(d, d_h):
       d_gates = jnp.concatenate([d + d_h] * 4, axis=-1)
-      return jnp.tanh(layers._recurrent_matmul(d_gates, w_hh, dtype)), d_gates  # pylint: disable=protected-access
+      return jnp.tanh(recurrent_matmul(d_gates, w_hh, dtype)), d_gates
     return jax.lax.scan(step, d, d_hs, reverse=True)
 
   def matmuls(x, w_ih, w_hh, w_out):
