@@ -10,13 +10,18 @@ from bench import profile_step
 from bench import train_step
 
 
+def _run_bench(tmp_path, impls, steps):
+  """-> {impl: train_step record} of a 2x4 run without warm-up."""
+  out = tmp_path / 'bench.jsonl'
+  train_step.main(['--sizes', '2x4', '--steps', str(steps), '--warmup', '0', '--impls', impls,
+                   '--skip', 'data,sampling', '--out', str(out)])
+  records = [json.loads(line) for line in out.read_text().splitlines()]
+  return {r['impl']: r for r in records if r['kind'] == 'train_step'}
+
+
 def test_main_reports_per_round_ratios_to_torch(tmp_path, capsys):
   pytest.importorskip('torch')
-  out = tmp_path / 'bench.jsonl'
-  train_step.main(['--sizes', '2x4', '--steps', '4', '--warmup', '0', '--impls',
-                   'bach_jax,torch', '--skip', 'data,sampling', '--out', str(out)])
-  records = [json.loads(line) for line in out.read_text().splitlines()]
-  steps = {r['impl']: r for r in records if r['kind'] == 'train_step'}
+  steps = _run_bench(tmp_path, 'bach_jax,torch', 4)
   assert set(steps) == {'bach_jax', 'torch'}
   assert steps['torch']['ratio_vs_torch'] == 1.0
   jax_step = steps['bach_jax']
@@ -28,11 +33,7 @@ def test_main_reports_per_round_ratios_to_torch(tmp_path, capsys):
 
 
 def test_main_without_torch_has_no_ratios(tmp_path, capsys):
-  out = tmp_path / 'bench.jsonl'
-  train_step.main(['--sizes', '2x4', '--steps', '2', '--warmup', '0', '--impls',
-                   'bach_jax,matmuls', '--skip', 'data,sampling', '--out', str(out)])
-  steps = [json.loads(line) for line in out.read_text().splitlines()]
-  steps = {r['impl']: r for r in steps if r['kind'] == 'train_step'}
+  steps = _run_bench(tmp_path, 'bach_jax,matmuls', 2)
   assert set(steps) == {'bach_jax', 'matmuls'}
   assert all('ratio_vs_torch' not in r and r['n'] == 2 for r in steps.values())
   jax_step = steps['bach_jax']
