@@ -42,6 +42,8 @@ from bench.implementations import (  # pylint: disable=g-import-not-at-top
     _load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_matmul_floor,
     make_rolls, ratio_quartiles, run_rounds)
 
+IMPLS = ('bach_jax', 'flax', 'torch', 'matmuls')
+
 # What the notes in shared/notes/lstm-cpu-probe.md found to remove most page faults.
 TUNED_MALLOC = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
                 'glibc.malloc.trim_threshold=68719476736')
@@ -55,9 +57,9 @@ def parse_args(argv=None):
                  help='Timed steps per implementation and size (default 20; --quick: 3).')
   p.add_argument('--warmup', type=int, default=None,
                  help='Untimed steps per implementation after compiling (default 3; --quick: 1).')
-  p.add_argument('--impls', default='bach_jax,flax,torch,matmuls',
-                 help="Comma-separated subset of bach_jax,flax,torch,matmuls ('matmuls': "
-                 "only the matmuls of bach_jax's step, its floor).")
+  p.add_argument('--impls', default=','.join(IMPLS),
+                 help=f"Comma-separated subset of {','.join(IMPLS)} ('matmuls': only the "
+                 "matmuls of bach_jax's step, its floor).")
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
                  help='Matmul input dtype of the JAX LSTMs (float32 accumulation).')
   p.add_argument('--quick', action='store_true', help='Few steps, one size: a smoke run.')
@@ -68,6 +70,9 @@ def parse_args(argv=None):
                  help="Comma-separated extra measurements to skip: 'data', 'sampling' "
                  "(default none; --quick: 'data', which takes minutes on a fresh cache).")
   args = p.parse_args(argv)
+  unknown = set(args.impls.split(',')) - set(IMPLS)
+  if unknown:
+    p.error(f"--impls: unknown {', '.join(sorted(unknown))} (known: {', '.join(IMPLS)})")
   args.sizes = args.sizes or ('64x32' if args.quick else '64x32,128x128')
   args.steps = args.steps or (3 if args.quick else 20)
   args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)

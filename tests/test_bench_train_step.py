@@ -55,3 +55,9 @@ def test_matmul_floor_has_the_steps_matmuls(size):
   step_dots = dots(implementations.make_bach_jax_step(roll, 'float32'))
   assert sum(step_dots.values()) >= 10
   assert dots(implementations.make_matmul_floor(roll, 'float32')) == step_dots
+
+
+def test_unknown_impl_is_a_one_line_usage_error(capsys):
+  with pytest.raises(SystemExit):
+    train_step.parse_args(['--impls', 'bach_jax,pytorch'])
+  assert 'unknown pytorch' in capsys.readouterr().err
