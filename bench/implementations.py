@@ -161,6 +161,7 @@ def make_matmul_floor(roll, dtype):
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from bach_jax.models import common  # pylint: disable=g-import-not-at-top
   from bach_jax.models import layers  # pylint: disable=g-import-not-at-top
 
   dtype = jnp.dtype(dtype)
@@ -228,10 +229,9 @@ def make_matmul_floor(roll, dtype):
     # The gradients are outputs, or XLA would drop the matmuls that make them.
     return state, {'loss': jnp.zeros(()), 'grads': matmuls(x, w_ih, w_hh, w_out)}
 
-  frames = roll[:, :-1].astype(np.float32)
-  start = np.zeros(frames.shape[:2] + (1,), np.float32)
-  start[:, 0] = 1.0
-  x = jnp.swapaxes(jnp.asarray(np.concatenate([frames, start], -1)), 0, 1)
+  frames = roll[:, :-1]
+  start = np.broadcast_to(np.arange(frames.shape[1]) == 0, frames.shape[:2])  # Frame 0.
+  x = jnp.swapaxes(common.frame_features(frames, start), 0, 1)
   return _JaxRunner(jax.jit(step), jnp.zeros(()), (x, w_ih, w_hh, w_out),
                     f'the matmuls of the bach_jax step only ({len(chunks)} time chunks)')
 
