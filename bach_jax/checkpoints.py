@@ -1,18 +1,28 @@
-"""Orbax checkpoints of a run: latest N plus the best by valid NLL.
+"""Orbax checkpoints of a run: latest N plus the best by the family's selection metric.
 
 Layout in the workdir:
   checkpoints/<step>/{state, data, meta}  latest `keep` steps
-  best/<step>/{state, data, meta}         the best by valid frame NLL (one kept)
+  best/<step>/{state, data, meta}         the best on valid (one kept) by the metric
+                                          the family selects by (CAPABILITIES.select_by:
+                                          the frame NLL, or a bound on it), lower is better
   config.json                             the run's config (also inside every step's `meta`)
 Each step holds the TrainState, the data-iterator state (so a resume continues
 with exactly the same batches) and small JSON metadata (config, metrics).
 """
 
 import json
+import math
 import os
 
 import jax
 import orbax.checkpoint as ocp
+
+
+def _score(metrics):
+  """A best checkpoint's score; runs from before the family contract saved it as
+  'valid_frame_nll'."""
+  value = metrics.get('score', metrics.get('valid_score', metrics.get('valid_frame_nll')))
+  return None if value is None else float(value)
 
 
 class CheckpointError(RuntimeError):
@@ -48,29 +58,33 @@ class Checkpointer:
     self.best = ocp.CheckpointManager(
         os.path.join(self.workdir, 'best'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m['valid_frame_nll'],
-            best_mode='min'))
+            max_to_keep=1, create=True, best_fn=_score, best_mode='min'))
 
   def _args(self, state, data_state, meta):
     return ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(meta))
 
-  def save(self, step, state, data_state, meta, valid_nll=None):
-    """Saves the latest checkpoint, and the best one if valid_nll improved."""
-    self.latest.save(step, args=self._args(state, data_state, meta), force=True)
-    if valid_nll is not None:
-      best = self.best_nll()
-      if best is None or valid_nll < best:
-        self.best.save(step, args=self._args(state, data_state, meta),
-                       metrics={'valid_frame_nll': float(valid_nll)}, force=True)
+  def save(self, step, state, data_state, meta, score=None):
+    """Saves the latest checkpoint, and the best one if the valid score improved.
 
-  def best_nll(self):
+    score: the family's selection metric on valid (lower is better) or None; a
+    non-finite score never becomes the best.
+    """
+    self.latest.save(step, args=self._args(state, data_state, meta), force=True)
+    if score is not None and math.isfinite(score):
+      best = self.best_score()
+      if best is None or score < best:
+        self.best.save(step, args=self._args(state, data_state, meta),
+                       metrics={'score': float(score)}, force=True)
+
+  def best_score(self):
+    """The best checkpoint's valid score (its metric: meta['select_by']), or None."""
     step = self.best.best_step()
     if step is None:
       return None
     meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return meta['meta'].get('valid_frame_nll')
+    return _score(meta['meta'])
 
   def wait(self):
     self.latest.wait_until_finished()

@@ -1,4 +1,4 @@
-"""Exact likelihoods over whole pieces.
+"""Likelihoods (exact or bounds) over whole pieces, for every family alike.
 
 Frame NLL (nats per frame, the JSB convention): -log p(frame_t | frames_<t),
 summed over the 88 keys' joint outcome, averaged over every frame of every piece
@@ -6,6 +6,13 @@ of a split. The recurrent state is carried through each whole piece (not reset
 per training window). Every frame is scored: the first frame of a piece is
 predicted from the model's start state, i.e. after the `pad_start` silent frame(s)
 the pipeline puts before each piece (training windows see the same start).
+
+A family's eval_step returns sums over a batch (additive over batches); this
+module adds them up over the split and hands the totals to the family's
+`summarize`, which turns them into per-frame numbers (an exact NLL, or a bound on
+it such as the VAE's negative ELBO and IWAE bound). The result says which:
+'likelihood' is the family's CAPABILITIES.likelihood and 'select_by' the metric
+that chooses its best checkpoint.
 """
 
 import functools
@@ -17,27 +24,57 @@ import numpy as np
 from bach_jax import parallel
 from bach_jax.data import pipeline
 
+EVAL_SEED_OFFSET = 7919  # Evaluation's RNG stream: key(config.seed + this), one per batch.
+
 
 def make_eval_fn(family, config, mesh):
-  """jit(eval_step) with params replicated and the batch sharded on 'data'."""
+  """jit(eval_step): (params, batch, rng) with params and rng replicated, batch sharded."""
+  repl = parallel.replicated(mesh)
   return jax.jit(functools.partial(family.eval_step, config),
-                 in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+                 in_shardings=(repl, parallel.data_sharded(mesh), repl), out_shardings=repl)
 
 
-def frame_nll(eval_fn, config, params, pieces, mesh, num_voices=None, batch_size=None):
-  """-> {'frame_nll': nats per frame, 'frames': int, 'pieces': int, 'seconds': float}."""
+def evaluate_pieces(eval_fn, family, config, params, pieces, mesh, num_voices=None,
+                    batch_size=None):
+  """Scores whole pieces -> family.summarize(...) plus bookkeeping.
+
+  Returns a dict with the family's metrics (e.g. 'frame_nll'), 'likelihood'
+  ('exact' / 'bound' / 'none'), 'select_by' (the key that ranks checkpoints),
+  'pieces' and 'seconds'. The RNG of a latent family's sampling is fixed per
+  batch (key(config.seed + EVAL_SEED_OFFSET) folded with the batch index), so
+  the same params always get the same numbers.
+  """
   t0 = time.perf_counter()
   batches = pipeline.piece_batches(
       pieces, batch_size=batch_size or config.train.eval_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       pad_start=config.data.pad_start, num_voices=num_voices)
-  nll_sum, frames = [], []
-  for batch in batches:
-    out = eval_fn(params, parallel.to_global(batch, mesh))
-    nll_sum.append(out['nll_sum'])
-    frames.append(out['frames'])
-  nll_sum = float(np.sum(jax.device_get(nll_sum), dtype=np.float64))
-  frames = float(np.sum(jax.device_get(frames), dtype=np.float64))
-  return {'frame_nll': nll_sum / max(frames, 1.0), 'frames': int(frames),
-          'pieces': len(pieces), 'seconds': time.perf_counter() - t0}
+  root = jax.random.key(config.seed + EVAL_SEED_OFFSET)
+  outs = [eval_fn(params, parallel.to_global(batch, mesh), jax.random.fold_in(root, i))
+          for i, batch in enumerate(batches)]
+  outs = jax.device_get(outs)
+  totals = {k: np.sum([np.asarray(o[k], np.float64) for o in outs], axis=0)
+            for k in (outs[0] if outs else {'frames': 0})}
+  caps = family.CAPABILITIES
+  result = dict(family.summarize(config, totals))
+  result.update(likelihood=caps.likelihood, select_by=caps.select_by, pieces=len(pieces),
+                seconds=time.perf_counter() - t0)
+  return result
+
+
+def scalars(result):
+  """The float-valued entries of an evaluation result (for metric files and log lines)."""
+  return {k: float(v) for k, v in result.items()
+          if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+
+
+def describe(result, split):
+  """One log line: the selection metric first, labeled exact or bound, then the rest."""
+  key = result['select_by']
+  kind = {'exact': 'exact', 'bound': 'bound'}.get(result['likelihood'], 'no likelihood')
+  rest = ', '.join(f'{k} {v:.4g}' for k, v in scalars(result).items()
+                   if k not in (key, 'seconds', 'pieces', 'frames'))
+  line = f'{split} {key} {result[key]:.4f} ({kind})'
+  if rest:
+    line += f'; {rest}'
+  return line + f' ({result.get("frames", "?")} frames, {result["seconds"]:.1f}s)'

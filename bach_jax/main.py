@@ -104,15 +104,15 @@ def _sample_or_evaluate(mode):
     config = model.config
   model.config = config
   family, corpus, mesh = train.setup(config)
-  if getattr(family, 'USES_VOICES', False) and corpus.num_voices != model.num_voices:
+  if family.CAPABILITIES.voices and corpus.num_voices != model.num_voices:
     raise generate.SampleError(
         f'config.data.source={config.data.source!r} has {corpus.num_voices} voices; '
         f'the model was trained with {model.num_voices}')
   if mode == 'evaluate':
     split = config.sample.split
     fn = evaluate.make_eval_fn(family, config, mesh)
-    result = evaluate.frame_nll(fn, config, model.params, corpus.splits[split], mesh,
-                                corpus.num_voices)
+    result = evaluate.evaluate_pieces(fn, family, config, model.params, corpus.splits[split],
+                                      mesh, corpus.num_voices)
     result.update(split=split, step=model.step, source=config.data.source)
     print(json.dumps(result))
     return

@@ -28,14 +28,19 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step, scalars, tensorboard=True):
+    """scalars: name -> number (or a list of numbers: metrics.jsonl only).
+
+    Non-finite numbers are written as null, so the file stays strict JSON.
+    """
     if not self.enabled:
       return
     record = {'step': int(step)}
-    record.update({k: float(v) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
+    record.update({k: _json_value(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
     if tensorboard and self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.add_scalar(k, float(v), int(step))
+      for k, v in record.items():
+        if k != 'step' and isinstance(v, float):
+          self._tb.add_scalar(k, v, int(step))
 
   def flush(self):
     if self._jsonl:
@@ -49,6 +54,14 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb:
       self._tb.close()
+
+
+def _json_value(v):
+  """A metric as strict JSON: float (None when not finite), or a list of them."""
+  if isinstance(v, (list, tuple)) or getattr(v, 'ndim', 0) > 0:
+    return [_json_value(x) for x in list(v)]
+  v = float(v)
+  return v if math.isfinite(v) else None
 
 
 def read_metrics(workdir):

@@ -1,7 +1,7 @@
 """train_and_evaluate(config, workdir): the training loop of every model family.
 
 State replicated and batch sharded over the mesh's 'data' axis, one jitted step
-with the state donated; checkpoints (latest N + best by valid NLL) with the
+with the state donated; checkpoints (latest N + best by the family's selection metric on valid) with the
 data-iterator state beside them, so re-running on the same workdir resumes with
 the same step, data position and RNG stream. SIGTERM / Ctrl-C saves and exits.
 train.py knows no model by name: the family comes from the registry.
@@ -60,11 +60,9 @@ def setup(config, workdir=None):
   """Validates the config and loads what any mode needs: (family, corpus, mesh)."""
   config_base.validate(config, jax.device_count())
   family = models.get_family(config.model.name)
-  if hasattr(family, 'validate'):
-    family.validate(config)
+  family.validate(config)
   corpus = corpora.load_corpus(config.data, progress=jax.process_index() == 0)
-  if hasattr(family, 'check_corpus'):
-    family.check_corpus(config, corpus)
+  family.check_corpus(config, corpus)
   return family, corpus, parallel.make_mesh()
 
 
@@ -102,19 +100,22 @@ def make_train_step(family, config, mesh):
 
 
 def _first_nonfinite(pending):
-  """pending: [(step, metrics)] on device -> (host metrics list, first bad step or None)."""
+  """pending: [(step, metrics)] on device -> (host metrics list, (first bad step, its
+  non-finite metric names) or None). Every metric is checked, not only the loss."""
   host = jax.device_get(pending)
   for step, m in host:
-    if not np.isfinite(m['loss']):
-      return host, step
+    bad = [k for k, v in m.items() if not np.all(np.isfinite(v))]
+    if bad:
+      return host, (step, bad)
   return host, None
 
 
 def train_and_evaluate(config, workdir):
   """Trains config.model on config.data, writing everything into workdir.
 
-  Returns a dict of final metrics (valid NLL of the last state, best-checkpoint
-  valid and test NLL).
+  Returns a dict of final metrics: the last evaluation's selection metric and the
+  best checkpoint's on valid and test (e.g. best_test_frame_nll; a bound family's
+  metric is a bound, e.g. best_test_iwae_frame_nll).
   """
   family, corpus, mesh = setup(config, workdir)
   log = metric_writers.log
@@ -154,9 +155,11 @@ def train_and_evaluate(config, workdir):
 
   train_step = make_train_step(family, config, mesh)
   eval_fn = evaluate.make_eval_fn(family, config, mesh)
+  select_by = family.CAPABILITIES.select_by
 
   def run_eval(params, split):
-    return evaluate.frame_nll(eval_fn, config, params, corpus.splits[split], mesh, num_voices)
+    return evaluate.evaluate_pieces(eval_fn, family, config, params, corpus.splits[split],
+                                    mesh, num_voices)
 
   writer = metric_writers.MetricWriter(workdir)
   step = int(jax.device_get(state.step))
@@ -169,24 +172,24 @@ def train_and_evaluate(config, workdir):
     host, bad = _first_nonfinite(pending)
     pending.clear()
     for s, m in host:
-      if bad is not None and s >= bad:
+      if bad is not None and s >= bad[0]:
         break
       writer.write(s, {f'train/{k}': v for k, v in m.items()}, tensorboard=False)
     if bad is not None:
       writer.flush()
       raise NonFiniteLossError(
-          f'non-finite training loss at step {bad}; stopping. The last good checkpoint '
-          f'(step {ckpt.latest_step()}) is intact in {workdir}/checkpoints')
+          f'non-finite training {", ".join(bad[1])} at step {bad[0]}; stopping. The last good '
+          f'checkpoint (step {ckpt.latest_step()}) is intact in {workdir}/checkpoints')
     if host:
       means = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
       writer.write(host[-1][0], {f'train/{k}_mean': v for k, v in means.items()})
       log(progress.line(host[-1][0], means))
     writer.flush()
 
-  def save(valid_nll=None):
-    meta = {'step': step, 'valid_frame_nll': valid_nll, 'num_voices': num_voices,
-            'steps_per_quarter': corpus.steps_per_quarter}
-    ckpt.save(step, state, train_iter.get_state(), meta, valid_nll=valid_nll)
+  def save(score=None):
+    meta = {'step': step, 'select_by': select_by, 'valid_score': score,
+            'num_voices': num_voices, 'steps_per_quarter': corpus.steps_per_quarter}
+    ckpt.save(step, state, train_iter.get_state(), meta, score=score)
 
   try:
     with _StopRequest() as stop:
@@ -205,39 +208,43 @@ def train_and_evaluate(config, workdir):
         last = step == t.num_steps
         if step % t.log_every == 0 or last:
           flush()
-        valid_nll = None
+        score = None
         if (t.eval_every and step % t.eval_every == 0) or last:
           flush()
           result = run_eval(state.eval_params(), t.eval_split)
-          valid_nll = last_valid = result['frame_nll']
-          scores = {f'{t.eval_split}/frame_nll': valid_nll}
-          line = (f'step {step}: {t.eval_split} frame NLL {valid_nll:.4f} nats/frame '
-                  f'({result["frames"]} frames, {result["seconds"]:.1f}s)')
-          if state.ema_params is not None:  # The raw params too, to see what the average buys.
-            raw = scores[f'{t.eval_split}/frame_nll_raw'] = run_eval(
-                state.params, t.eval_split)['frame_nll']
+          score = last_valid = result[select_by]
+          scores = {f'{t.eval_split}/{k}': v for k, v in evaluate.scalars(result).items()}
+          line = f'step {step}: {evaluate.describe(result, t.eval_split)}'
+          if state.eval_params() is not state.params:  # An average: what does it buy?
+            raw = scores[f'{t.eval_split}/{select_by}_raw'] = run_eval(
+                state.params, t.eval_split)[select_by]
             line += f'; raw params {raw:.4f}'
           writer.write(step, scores)
           log(line)
-        if step % t.checkpoint_every == 0 or last or valid_nll is not None:
+          for warning in result.get('warnings', ()):
+            log(f'warning (step {step}): {warning}')
+        if step % t.checkpoint_every == 0 or last or score is not None:
           flush()
-          save(valid_nll if t.eval_split == 'valid' else None)
+          save(score if t.eval_split == 'valid' else None)
     ckpt.wait()
-    final = {'step': step, 'last_valid_frame_nll': last_valid}
+    final = {'step': step, f'last_{t.eval_split}_{select_by}': last_valid,
+             'likelihood': family.CAPABILITIES.likelihood}
     if ckpt.best.best_step() is not None:
       best_state, _, _ = ckpt.restore(abstract, best=True)
       for split in ('valid', 'test'):
         if corpus.splits.get(split):
-          final[f'best_{split}_frame_nll'] = run_eval(best_state.eval_params(), split)['frame_nll']
+          final[f'best_{split}_{select_by}'] = run_eval(best_state.eval_params(),
+                                                        split)[select_by]
       final['best_step'] = ckpt.best.best_step()
-      writer.write(step, {f'best/{k}': v for k, v in final.items()
-                          if k.endswith('frame_nll') and v is not None})
-      log('best checkpoint (step %d): %s' % (final['best_step'], ', '.join(
-          f'{k}={v:.4f}' for k, v in final.items() if k.startswith('best_') and
-          k.endswith('nll'))))
+      best = {k: v for k, v in final.items()
+              if k.startswith('best_') and k.endswith(select_by) and v is not None}
+      writer.write(step, {f'best/{k}': v for k, v in best.items()})
+      log('best checkpoint (step %d, %s): %s' % (
+          final['best_step'], family.CAPABILITIES.describe(),
+          ', '.join(f'{k}={v:.4f}' for k, v in best.items())))
     if jax.process_index() == 0:
       plotting.plot_curves(os.path.join(workdir, 'curves.png'), metric_writers.read_metrics(
-          workdir), ['train/loss_mean', f'{t.eval_split}/frame_nll'])
+          workdir), ['train/loss_mean', f'{t.eval_split}/{select_by}'])
     if t.num_final_samples and jax.process_index() == 0:
       from bach_jax import generate  # Only the end of a run needs it.
       paths = generate.sample_to_files(

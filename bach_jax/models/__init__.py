@@ -1,22 +1,26 @@
 """Model registry: config.model.name -> family module.
 
-A family module exposes `init`, `train_step`, `eval_step` and `sample` (see
-../shared/DESIGN.md), so train.py, generate.py and evaluate.py never branch on
-the family. Adding one = a module, a config, a line here and a test file.
+A family module follows the contract in `models/family.py` (init, train_step,
+eval_step, summarize, sample, ... and its CAPABILITIES), so train.py,
+generate.py and evaluate.py never branch on the family. Adding one = a module,
+a config, a line here and a test file (tests/test_family_contract.py already
+runs every registered family).
 """
 
 import importlib
 
 from bach_jax.config_base import ConfigError
+from bach_jax.models import family as family_lib
 
 REGISTRY = {
     'lstm': 'bach_jax.models.lstm',
     'lstm_attn': 'bach_jax.models.lstm_attn',
+    'vae': 'bach_jax.models.vae',
 }
 
 
 def get_family(name):
-  """Returns the family module for config.model.name."""
+  """Returns the family module for config.model.name (checked against the contract)."""
   if name not in REGISTRY:
     raise ConfigError(f'config.model.name: unknown model {name!r}; known: {sorted(REGISTRY)}')
-  return importlib.import_module(REGISTRY[name])
+  return family_lib.check_family(name, importlib.import_module(REGISTRY[name]))

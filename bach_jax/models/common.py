@@ -71,6 +71,34 @@ def apply_gradients(state, grads, train_config):
   return new_state, optax.global_norm(grads)
 
 
+def nll_train_step(nll_fn, config, state, batch, rng):
+  """One optimizer step on the mean next-frame NLL of the target frames that count.
+
+  nll_fn(config, params, batch, dropout_rng) -> float[B, T-1], as in the exact
+  families (lstm, lstm_attn). -> (state, {'loss', 'grad_norm'}).
+  """
+  def loss_fn(params):
+    nll, mask = nll_fn(config, params, batch, jax.random.fold_in(rng, 0)), target_mask(batch)
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  state, grad_norm = apply_gradients(state, grads, train_config=config.train)
+  return state, {'loss': loss, 'grad_norm': grad_norm}
+
+
+def nll_eval_sums(nll, batch):
+  """eval_step's sums of an exact family: nll float[B, T-1] -> {'nll_sum', 'frames'}."""
+  mask = target_mask(batch)
+  return {'nll_sum': jnp.sum(nll * mask), 'frames': jnp.sum(mask)}
+
+
+def summarize_frame_nll(config, totals):
+  """summarize() of an exact family: {'frame_nll': nats per frame, 'frames'}."""
+  del config
+  frames = float(totals['frames'])
+  return {'frame_nll': float(totals['nll_sum']) / max(frames, 1.0), 'frames': int(frames)}
+
+
 def bernoulli_nll(logits, targets):
   """-log p(targets) under independent Bernoullis, summed over the last axis.
 
@@ -137,12 +165,14 @@ class SampleRequest:
   primer: bool[N, P, 88] frames to continue (None: start from silence).
   primer_voices: int[N, P, V] their voices, for voice models (REST = -1).
   melody: int[N, P + num_steps] soprano pitch (REST = -1) to clamp (harmonization).
+  latent_temperature: scale of the prior's standard deviation (latent families).
   """
   num_pieces: int = flax.struct.field(pytree_node=False, default=4)
   num_steps: int = flax.struct.field(pytree_node=False, default=64)
   temperature: float = flax.struct.field(pytree_node=False, default=1.0)
   top_k: int = flax.struct.field(pytree_node=False, default=0)
   top_p: float = flax.struct.field(pytree_node=False, default=1.0)
+  latent_temperature: float = flax.struct.field(pytree_node=False, default=1.0)
   primer: Any = None
   primer_voices: Any = None
   melody: Any = None

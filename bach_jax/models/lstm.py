@@ -12,7 +12,11 @@ import jax.numpy as jnp
 from bach_jax.config_base import ConfigError
 from bach_jax.data.pianoroll import LOWEST_PITCH, NUM_KEYS
 from bach_jax.models import common
+from bach_jax.models import family
 from bach_jax.models.layers import LSTMStack
+
+CAPABILITIES = family.Capabilities(likelihood='exact', select_by='frame_nll', primer=True,
+                                   melody=True)
 
 
 class NextFrameLSTM(nn.Module):
@@ -48,6 +52,11 @@ def validate(config):
       raise ConfigError(f'config.model.{key}: invalid value {m[key]!r}')
 
 
+def check_corpus(config, corpus):
+  """Any corpus fits: the model reads and writes the 88-key roll only."""
+  del config, corpus
+
+
 def make_model(config):
   m = config.model
   return NextFrameLSTM(m.hidden_size, m.num_layers, m.dropout_rate, jnp.dtype(m.dtype),
@@ -72,21 +81,16 @@ def _nll(config, params, batch, rng=None):
 
 def train_step(config, state, batch, rng):
   """batch: roll bool[B, T, 88], mask bool[B]. -> (state, metrics)."""
-  dropout_rng = jax.random.fold_in(rng, 0)
-
-  def loss_fn(params):
-    nll, mask = _nll(config, params, batch, dropout_rng), common.target_mask(batch)
-    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  state, grad_norm = common.apply_gradients(state, grads, config.train)
-  return state, {'loss': loss, 'grad_norm': grad_norm}
+  return common.nll_train_step(_nll, config, state, batch, rng)
 
 
-def eval_step(config, params, batch):
+def eval_step(config, params, batch, rng=None):
   """batch: roll bool[B, T, 88], frame_mask bool[B, T] -> summed NLL and frame count."""
-  nll, mask = _nll(config, params, batch), common.target_mask(batch)
-  return {'nll_sum': jnp.sum(nll * mask), 'frames': jnp.sum(mask)}
+  del rng  # Exact and deterministic.
+  return common.nll_eval_sums(_nll(config, params, batch), batch)
+
+
+summarize = common.summarize_frame_nll
 
 
 def sample(config, params, rng, request):

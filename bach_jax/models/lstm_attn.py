@@ -42,36 +42,29 @@ import jax.numpy as jnp
 
 from bach_jax import config_base
 from bach_jax.models import common
-from bach_jax.models.common import filter_logits
-from bach_jax.models.frame_slots import (
-    LOWEST_PITCH, NEG, NUM_KEYS, _info, _mask_logits, frame_slots, slots_to_frame,
-    voice_classes)
+from bach_jax.models import family
+from bach_jax.models import heads
+from bach_jax.models.common import filter_logits  # pylint: disable=unused-import (tests)
+from bach_jax.models.frame_slots import (NEG, NUM_KEYS, _info, frame_slots, slots_to_frame,
+                                         voice_classes)
 from bach_jax.models.layers import LSTMStack
+
+CAPABILITIES = family.Capabilities(likelihood='exact', select_by='frame_nll', primer=True,
+                                   melody=True, voices=True)
 
 
 # ----------------------------------------------------------------- config
 
-def _require(ok, key, message):
-  if not ok:
-    raise config_base.ConfigError(f'config.model.{key}: {message}')
-
-
 def validate(config):
   """Checks config.model; raises ConfigError naming the key."""
   m = config.model
-  _require(m.heads in ('autoregressive', 'independent'), 'heads',
-           f"must be 'autoregressive' or 'independent', got {m.heads!r}")
-  _require(m.voice_order in ('soprano_first', 'bass_first'), 'voice_order',
-           f"must be 'soprano_first' or 'bass_first', got {m.voice_order!r}")
-  _require(LOWEST_PITCH <= m.min_pitch <= LOWEST_PITCH + NUM_KEYS - 1, 'min_pitch',
-           f'must be a piano key (21..108), got {m.min_pitch}')
-  _require(m.min_pitch <= m.max_pitch <= LOWEST_PITCH + NUM_KEYS - 1, 'max_pitch',
-           f'must be in min_pitch..108, got {m.max_pitch}')
-  _require(m.max_notes >= 1, 'max_notes', f'must be >= 1, got {m.max_notes}')
-  _require(m.num_voices >= -1, 'num_voices', 'must be -1 (from the corpus), 0 (set mode) or V')
+  heads.validate(config)
+  _require = heads.require
   _require(m.hidden_size > 0 and m.num_layers > 0, 'hidden_size', 'and num_layers must be > 0')
   _require(0 <= m.dropout_rate < 1, 'dropout_rate', 'must be in [0, 1)')
   _require(0 <= m.get('weight_dropout_rate', 0.0) < 1, 'weight_dropout_rate', 'must be in [0, 1)')
+  _require(m.dtype in ('float32', 'bfloat16'), 'dtype', f"must be 'float32' or 'bfloat16', "
+           f'got {m.dtype!r}')
   dim = m.attn_dim or m.hidden_size
   _require(m.attn_heads > 0 and dim % m.attn_heads == 0, 'attn_heads',
            f'{m.attn_heads} must divide attn_dim {dim}')
@@ -79,32 +72,7 @@ def validate(config):
   _require(m.attn_max_distance >= 1, 'attn_max_distance', 'must be >= 1')
 
 
-def check_corpus(config, corpus):
-  """Resolves model.num_voices from the corpus and checks pitches / notes per frame."""
-  m = config.model
-  if m.num_voices == -1:
-    m.num_voices = int(corpus.num_voices or 0)
-  if m.num_voices and m.num_voices != corpus.num_voices:
-    raise config_base.ConfigError(
-        f'config.model.num_voices={m.num_voices} but data.source={config.data.source!r} has '
-        f'{corpus.num_voices} voices (use -1 to follow the corpus, 0 for set mode)')
-  aug = int(config.data.augment_transpose)
-  most, lo, hi = 0, 999, -1
-  for pieces in corpus.splits.values():
-    for p in pieces:
-      if p.roll.size:
-        most = max(most, int(p.roll.sum(axis=1).max()))
-        keys = p.roll.any(axis=0).nonzero()[0]
-        if keys.size:
-          lo, hi = min(lo, int(keys[0]) + LOWEST_PITCH), max(hi, int(keys[-1]) + LOWEST_PITCH)
-  if hi >= 0 and (lo - aug < m.min_pitch or hi + aug > m.max_pitch):
-    raise config_base.ConfigError(
-        f'config.model.min_pitch/max_pitch: {m.min_pitch}..{m.max_pitch} does not cover the '
-        f'corpus pitches {lo}..{hi} (+-{aug} of data.augment_transpose)')
-  if not m.num_voices and most > m.max_notes:
-    raise config_base.ConfigError(
-        f'config.model.max_notes={m.max_notes}: a frame of data.source={config.data.source!r} '
-        f'has {most} notes; set model.max_notes >= {most}')
+check_corpus = heads.check_corpus
 
 
 # ------------------------------------------------------------------ model
@@ -122,7 +90,7 @@ def _attend(q, k, v, q_pos, k_pos, window, rel_bias):
   return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, axis=-1), v)
 
 
-class LSTMAttn(nn.Module):
+class LSTMAttn(heads.FrameHeads, nn.Module):
   """See the module docstring. All shapes: B batch, T steps, S slots, C classes."""
   num_classes: int
   num_slots: int
@@ -145,10 +113,7 @@ class LSTMAttn(nn.Module):
   def setup(self):
     self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype,
                            self.weight_dropout_rate)
-    init = nn.initializers.normal(0.1)
-    if self.num_voices:
-      self.in_embed = self.param('in_embed', init,
-                                 (self.num_voices, self.num_classes, self.embed_dim))
+    self.setup_input_embed()
     if self.attention:
       dim = self.attn_dim or self.hidden_size
       self.qkv = nn.Dense(3 * dim, use_bias=False)
@@ -157,19 +122,7 @@ class LSTMAttn(nn.Module):
                                   (self.attn_heads, self.attn_max_distance))
                        if self.attn_rel_bias else None)
     self.drop = nn.Dropout(self.dropout_rate)
-    self.head_in = [nn.Dense(self.head_hidden) for _ in range(self.num_slots)]
-    self.head_out = [nn.Dense(self.num_classes) for _ in range(self.num_slots)]
-    if self.autoregressive and self.num_slots > 1:
-      self.cond = self.param('cond', nn.initializers.normal(0.1), (
-          self.num_slots, self.num_slots - 1, self.num_classes, self.head_hidden))
-
-  def embed_inputs(self, roll, start, vcls=None):
-    """roll: [..., 88]; start: bool[...]; vcls: int[..., V] voice classes -> float[..., D]."""
-    x = common.frame_features(roll, start)
-    if self.num_voices:
-      e = self.in_embed[jnp.arange(self.num_voices), vcls]  # [..., V, E]
-      x = jnp.concatenate([x, e.reshape(e.shape[:-2] + (-1,))], axis=-1)
-    return x
+    self.setup_heads()
 
   def _qkv(self, h):
     q, k, v = jnp.split(self.qkv(h), 3, axis=-1)
@@ -205,20 +158,9 @@ class LSTMAttn(nn.Module):
                   self.attn_window, self.rel_bias)
     return self._combine(h, ctx, True)[:, 0], carry, (kc, vc)
 
-  def head_logits(self, j, z, prev, deterministic=True):
-    """Head j. z: float[..., Dz]; prev: int[..., >= j] earlier slots -> float[..., C]."""
-    u = self.head_in[j](z)
-    if self.autoregressive:
-      for i in range(j):
-        u = u + self.cond[j, i][prev[..., i]]
-    u = self.drop(nn.relu(u), deterministic=deterministic)
-    return self.head_out[j](u)
-
   def __call__(self, x, slots, deterministic=True):
     """Teacher-forced. x: float[B, T, D]; slots: int[B, T, S] targets -> [B, T, S, C]."""
-    z = self.encode(x, deterministic)
-    return jnp.stack([self.head_logits(j, z, slots, deterministic)
-                      for j in range(self.num_slots)], axis=-2)
+    return self.all_head_logits(self.encode(x, deterministic), slots, deterministic)
 
 
 def make_model(config, info):
@@ -232,45 +174,30 @@ def make_model(config, info):
 
 # --------------------------------------------------------- family surface
 
-def _inputs_targets(info, batch):
-  """-> (roll_in [B, T-1, 88], start_in, vcls_in or None, target slots int32[B, T-1, S])."""
-  roll, voices = batch['roll'], batch.get('voices') if info.num_voices else None
-  vcls = None if voices is None else voice_classes(info, voices[:, :-1])
-  target = frame_slots(info, roll[:, 1:], None if voices is None else voices[:, 1:])
-  return roll[:, :-1], common.start_flags(batch)[:, :-1], vcls, target
-
-
 def frame_logits(config, params, batch, rng=None):
   """Teacher-forced masked logits float[B, T-1, S, C] and target slots int32[B, T-1, S]."""
   info = _info(config, batch, params)
   model = make_model(config, info)
-  roll, start, vcls, target = _inputs_targets(info, batch)
+  roll, start, vcls, target = heads.frame_inputs_targets(info, batch)
   x = model.apply({'params': params}, roll, start, vcls, method=LSTMAttn.embed_inputs)
   logits = model.apply({'params': params}, x, target, deterministic=rng is None,
                        rngs=None if rng is None else {'dropout': rng})
-  prev = jnp.concatenate([target[..., :1], target[..., :-1]], axis=-1)
-  logits = jnp.stack([_mask_logits(info, j, logits[..., j, :], prev[..., j])
-                      for j in range(info.num_slots)], axis=-2)
-  return logits, target
+  return heads.mask_all(info, logits, target), target
 
 
 def frame_nll(config, params, batch, rng=None):
   """-log p(frame t | frames < t): float[B, T-1] (nats), exact."""
-  logits, target = frame_logits(config, params, batch, rng)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.sum(jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0], axis=-1)
+  return heads.slot_nll(*frame_logits(config, params, batch, rng))
 
 
-def input_size(config, info):
-  """Width of embed_inputs' output: 88 keys, the start flag, the voice embeddings."""
-  return NUM_KEYS + 1 + info.num_voices * config.model.embed_dim
+input_size = heads.input_size
 
 
 def init(config, rng, example_batch):
   """-> TrainState with freshly initialized params and optimizer state."""
   info = _info(config, example_batch)
   model = make_model(config, info)
-  roll, _, _, target = _inputs_targets(info, example_batch)
+  roll, _, _, target = heads.frame_inputs_targets(info, example_batch)
   x = jnp.zeros(roll.shape[:-1] + (input_size(config, info),))
   params = model.init(rng, x, target)['params']
   return common.create_state(params, config.train)
@@ -278,21 +205,16 @@ def init(config, rng, example_batch):
 
 def train_step(config, state, batch, rng):
   """batch: roll bool[B, W, 88], mask bool[B], voices int32[B, W, V]. -> (state, metrics)."""
-  def loss_fn(params):
-    nll = frame_nll(config, params, batch, jax.random.fold_in(rng, 0))
-    mask = common.target_mask(batch)
-    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  state, grad_norm = common.apply_gradients(state, grads, config.train)
-  return state, {'loss': loss, 'grad_norm': grad_norm}
+  return common.nll_train_step(frame_nll, config, state, batch, rng)
 
 
-def eval_step(config, params, batch):
+def eval_step(config, params, batch, rng=None):
   """batch: roll bool[B, T, 88], frame_mask bool[B, T] (+ voices) -> summed NLL, frames."""
-  nll = frame_nll(config, params, batch)
-  mask = common.target_mask(batch)
-  return {'nll_sum': jnp.sum(nll * mask), 'frames': jnp.sum(mask)}
+  del rng  # Exact and deterministic.
+  return common.nll_eval_sums(frame_nll(config, params, batch), batch)
+
+
+summarize = common.summarize_frame_nll
 
 
 # ------------------------------------------------------- step-by-step path
@@ -314,16 +236,8 @@ def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0):
     start = jnp.broadcast_to(t == 0, roll_prev.shape[:1])  # Step 0 reads the start frame.
     x = apply(roll_prev, start, vcls_prev, method=LSTMAttn.embed_inputs)
     z, carry, cache = apply(x, carry, cache, t, method=LSTMAttn.encode_step)
-    slots = jnp.zeros(forced.shape, jnp.int32)
-    logp = jnp.zeros(forced.shape[:1], jnp.float32)
-    for j in range(info.num_slots):
-      logits = apply(j, z, slots, method=LSTMAttn.head_logits)
-      logits = _mask_logits(info, j, logits, slots[:, j - 1] if j else None)
-      drawn = jax.random.categorical(jax.random.fold_in(key, j),
-                                     filter_logits(logits, temperature, top_k, top_p))
-      choice = jnp.where(forced[:, j] >= 0, forced[:, j], drawn).astype(jnp.int32)
-      slots = slots.at[:, j].set(choice)
-      logp += jnp.take_along_axis(jax.nn.log_softmax(logits), choice[:, None], -1)[:, 0]
+    head = lambda j, slots: apply(j, z, slots, method=LSTMAttn.head_logits)
+    slots, logp = heads.choose_slots(info, head, forced, key, temperature, top_k, top_p)
     roll, vcls = slots_to_frame(info, slots)
     return (carry, cache, roll, vcls, t + 1), (slots, logp)
 

@@ -1,0 +1,89 @@
+"""The family contract: what train.py, evaluate.py and generate.py rely on.
+
+A model family is one module, registered by name in `models/__init__.py`. The
+trainer, the evaluator and the sampler call only the functions below and read
+only `CAPABILITIES`; they never test a family by name. A family that lacks one
+of the functions is refused when it is looked up (`check_family`), and
+tests/test_family_contract.py runs every registered family through the same
+checks, so a new family is tested the day it is registered.
+
+Functions (all pure; `config` is the run's ConfigDict, bound with partial):
+
+  validate(config)                          ConfigError naming a bad config.model key
+  check_corpus(config, corpus)              resolve / check corpus-dependent keys (voices,
+                                            pitch range); may fill in config.model values
+  init(config, rng, example_batch)          -> state: a pytree with `.step` (int32 scalar),
+                                            `.params` (counted in the log) and
+                                            `.eval_params()` (what evaluation, the best
+                                            checkpoint and sampling use); common.TrainState
+                                            fits every family so far
+  train_step(config, state, batch, rng)     -> (state, metrics: dict of scalars, 'loss'
+                                            first); jitted with the state donated
+  eval_step(config, params, batch, rng)     -> dict of sums over the batch, additive over
+                                            batches (e.g. nll_sum, frames); whole pieces
+  summarize(config, totals)                 -> dict of metrics from the summed eval_step
+                                            outputs (NumPy floats); must hold the key
+                                            CAPABILITIES.select_by
+  sample(config, params, rng, request)      -> {'roll': bool[N, T, 88], 'voices'?:
+                                            int32[N, T, V]}; request: common.SampleRequest
+
+Latent families (CAPABILITIES.latent) also provide
+  encode(config, params, batch, rng)        -> {'mean', 'std': float[B, S, D], 'segment_mask':
+                                            bool[B, S]}: one latent per segment of each piece
+  decode(config, params, z, rng, request)   -> like sample, from z float[N, S, D]
+"""
+
+import dataclasses
+
+from bach_jax.config_base import ConfigError
+
+LIKELIHOODS = ('exact', 'bound', 'none')
+
+REQUIRED = ('validate', 'check_corpus', 'init', 'train_step', 'eval_step', 'summarize',
+            'sample')
+LATENT = ('encode', 'decode')
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+  """What a family declares about itself, read by the code that uses it.
+
+  Attributes:
+    likelihood: 'exact' (the selection metric is -log p per frame), 'bound' (an
+      upper bound on it: negative ELBO / IWAE / code bound) or 'none' (compared by
+      its samples' musical statistics).
+    select_by: the key of summarize()'s output that chooses the best checkpoint
+      (lower is better) and heads the evaluation's log line.
+    primer: sample() continues request.primer.
+    melody: sample() clamps request.melody (harmonization).
+    voices: the model uses the corpus's voices; sampling on a corpus with another
+      voice count is refused.
+    latent: encode / decode exist (reconstruction, interpolation).
+  """
+  likelihood: str
+  select_by: str
+  primer: bool = False
+  melody: bool = False
+  voices: bool = False
+  latent: bool = False
+
+  def describe(self, metric=None):
+    """'exact' / 'bound' / 'no likelihood' for a metric of the family's (default select_by)."""
+    if (metric or self.select_by) != self.select_by:
+      return ''
+    return {'exact': 'exact', 'bound': 'bound', 'none': 'no likelihood'}[self.likelihood]
+
+
+def check_family(name, module):
+  """Raises ConfigError naming what `module` lacks of the contract; returns it."""
+  caps = getattr(module, 'CAPABILITIES', None)
+  if not isinstance(caps, Capabilities):
+    raise ConfigError(f'model family {name!r} ({module.__name__}) has no CAPABILITIES')
+  if caps.likelihood not in LIKELIHOODS:
+    raise ConfigError(f'model family {name!r}: CAPABILITIES.likelihood must be one of '
+                      f'{LIKELIHOODS}, got {caps.likelihood!r}')
+  wanted = REQUIRED + (LATENT if caps.latent else ())
+  missing = [f for f in wanted if not callable(getattr(module, f, None))]
+  if missing:
+    raise ConfigError(f'model family {name!r} ({module.__name__}) lacks {missing}')
+  return module
