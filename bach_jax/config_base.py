@@ -10,11 +10,17 @@ import os
 
 import ml_collections
 
-# The JSB Chorales benchmark (quarter-note grid) where the project keeps it: the
-# repository's ../shared/data/jsb (absolute, so any working directory works).
-JSB_QUARTER = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data', 'jsb',
-    'jsb-chorales-quarter.json'))
+
+def jsb_quarter() -> str:
+  """The JSB Chorales benchmark (quarter-note grid), resolved when called.
+
+  <data dir>/jsb-chorales-quarter.json, the data dir being $BACH_JAX_DATA, else
+  $BACH_JAX_CACHE/jsb or ~/.cache/bach_jax/jsb; `python -m bach_jax.data
+  download jsb` puts it there (bach_jax/data/download.py). The repository's
+  benchmarks set BACH_JAX_DATA=../shared/data/jsb.
+  """
+  from bach_jax.data import download  # pylint: disable=g-import-not-at-top  (data layer)
+  return download.jsb_path(download.QUARTER)
 
 
 class ConfigError(ValueError):
@@ -67,12 +73,15 @@ def base_config():
   sample.num_pieces = 4
   sample.num_steps = 256  # Frames per sampled piece.
   sample.temperature = 1.0
+  sample.latent_temperature = 1.0  # Latent families: scale of the prior's std when sampling z.
   sample.top_k = 0  # 0 = off.
   sample.top_p = 1.0  # 1.0 = off.
   sample.primer = ''  # '' | PATH.mid | 'split:INDEX' (a piece of a corpus split).
   sample.primer_steps = 0  # Frames of the primer to keep (0 = all).
   sample.harmonize = ''  # PATH.mid: its melody is clamped as the soprano.
-  sample.split = 'test'  # Split used by --mode=evaluate.
+  sample.split = 'test'  # Split used by --mode=evaluate and --mode=reconstruct.
+  sample.interpolate = ''  # --mode=interpolate: 'A,B', each PATH.mid or 'split:INDEX'.
+  sample.interpolation_points = 5  # Points from A to B, both ends included.
   sample.qpm = 80.0  # Tempo of written MIDI/WAV.
   sample.write_wav = True
 
@@ -117,6 +126,7 @@ def validate(config, device_count=1):
            'must be train, valid or test')
   _require(s.split in ('train', 'valid', 'test'), 'sample.split', 'must be train, valid or test')
   _require(s.temperature > 0, 'sample.temperature', 'must be > 0')
+  _require(s.get('latent_temperature', 1.0) > 0, 'sample.latent_temperature', 'must be > 0')
   _require(0 < s.top_p <= 1, 'sample.top_p', 'must be in (0, 1]')
   _require(s.top_k >= 0, 'sample.top_k', 'must be >= 0')
   _require(s.num_steps >= 1, 'sample.num_steps', 'must be >= 1')

@@ -38,7 +38,7 @@ def get_config(arg=''):
     config.sample.num_steps = 32
   elif arg == 'jsb':
     d, t = config.data, config.train
-    d.source = 'jsb:' + config_base.JSB_QUARTER
+    d.source = 'jsb:' + config_base.jsb_quarter()
     # Whole pieces (training pieces have at most 129 frames + the start frame), the
     # way evaluation runs them, in small batches (many updates per epoch). Test NLL:
     # 8.90 with 32-step windows x 64; whole pieces x 16: 8.75, x 4: 8.56, x 2: 8.51;

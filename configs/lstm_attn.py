@@ -63,7 +63,7 @@ def get_config(arg=''):
     config.sample.num_steps = 32
   elif arg in ('jsb', 'jsb_windows'):
     d = config.data
-    d.source = 'jsb:' + config_base.JSB_QUARTER
+    d.source = 'jsb:' + config_base.jsb_quarter()
     m.max_notes = 4
     m.hidden_size = 128  # JSB (13.8k frames) overfits: 128 beat 256 and 512 on valid.
     m.head_hidden = 128

@@ -48,14 +48,14 @@ def _bad_files(root):
   kit.notes = [pretty_midi.Note(90, 36, i * 0.25, i * 0.25 + 0.1) for i in range(40)]
   drums.instruments.append(kit)
   drums.write(str(root / 'drums.mid'))
-  _good_midi(root / 'low.mid', pitch=10)
+  _good_midi(root / 'low.mid', pitch=5)  # Every note under A0 (a few would be folded).
   _good_midi(root / 'short.mid', beats=2)
   mid = mido.MidiFile()  # Tempo only, no notes.
   mid.tracks.append(mido.MidiTrack([mido.MetaMessage('set_tempo', tempo=400000)]))
   mid.save(str(root / 'silent.mid'))
   return {'empty.mid': 'empty file', 'text.mid': 'not a MIDI file',
           'corrupt.mid': 'corrupt or truncated', 'truncated.mid': 'corrupt or truncated',
-          'drums.mid': 'only drum notes', 'low.mid': 'outside the piano range',
+          'drums.mid': 'only drum notes', 'low.mid': 'all 16 notes outside the piano range',
           'short.mid': 'shorter than min_steps', 'silent.mid': 'no notes'}
 
 

@@ -126,7 +126,7 @@ def test_roll_without_voices_round_trips(tmp_path):
     ([('Drums', [(36, 0, 1)], True)], 'only drum notes'),
     ([('Empty', [], False)], 'no notes'),
     ([('Low', [(12, 0, 1)], False)], 'outside the piano range'),
-    ([('High', [(60, 0, 1), (115, 1, 2)], False)], 'outside the piano range'),
+    ([('High', [(110, 0, 1), (115, 1, 2)], False)], 'all 2 notes outside the piano range'),
 ])
 def test_bad_content_raises_midi_error(instruments, reason):
   with pytest.raises(MidiError, match=reason):

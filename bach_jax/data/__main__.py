@@ -1,9 +1,13 @@
-r"""Prepares a corpus and prints its summary table.
+r"""Prepares a corpus and prints its summary table, or fetches the JSB files.
 
   python -m bach_jax.data --source=bach_chorales --out=/tmp/bachcache
+  python -m bach_jax.data prepare --source=jsb:PATH   # The same; 'prepare' is optional.
+  python -m bach_jax.data download jsb [--dir=DIR] [--url=URL]
 
-The first run prepares (progress bar on stderr) and writes the cache; later
-runs read the cache.
+prepare: the first run prepares (progress bar on stderr) and writes the cache;
+later runs read the cache. download jsb: fetches the JSB Chorales JSON files
+into the data dir ($BACH_JAX_DATA, else $BACH_JAX_CACHE/jsb or
+~/.cache/bach_jax/jsb; see bach_jax/data/download.py), checking their SHA-256.
 """
 
 import sys
@@ -14,6 +18,7 @@ from absl import flags
 
 from bach_jax import config_base
 from bach_jax.data import corpora
+from bach_jax.data import download
 
 _SOURCE = flags.DEFINE_string('source', 'bach_chorales',
                               "'bach_chorales', 'midi_dir:PATH' or 'jsb:PATH'.")
@@ -24,11 +29,15 @@ _TRANSPOSE = flags.DEFINE_enum('transpose', 'tonic', ['tonic', 'none'],
                                "'tonic': to C major / C minor; 'none': as written.")
 _MIN_STEPS = flags.DEFINE_integer('min_steps', 16, 'Shorter pieces are skipped.')
 _WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes; 0 = one per core.')
+_DIR = flags.DEFINE_string('dir', '', 'download: target folder (default: $BACH_JAX_DATA, '
+                           'else $BACH_JAX_CACHE/jsb or ~/.cache/bach_jax/jsb).')
+_URL = flags.DEFINE_string('url', '', 'download: base URL (default: $BACH_JAX_JSB_URL, '
+                           f'else {download.BASE_URL}).')
+_TIMEOUT = flags.DEFINE_float('timeout', download.TIMEOUT_S, 'download: seconds per request.')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def prepare() -> int:
+  """Prepares (or reads from the cache) --source and prints its summary."""
   config = config_base.base_config()
   data = config.data
   data.source = _SOURCE.value
@@ -51,6 +60,26 @@ def main(argv):
         f'{corpus.cache_path}')
   print(f'preparation wall time: {seconds:.2f} s')
   return 0
+
+
+def download_jsb() -> int:
+  """Fetches the JSB files into --dir (default: the data dir)."""
+  try:
+    download.download_jsb(_DIR.value, _URL.value, timeout=_TIMEOUT.value)
+  except download.DownloadError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def main(argv):
+  args = argv[1:]
+  if not args or args == ['prepare']:
+    return prepare()
+  if args == ['download', 'jsb']:
+    return download_jsb()
+  raise app.UsageError(f'unexpected arguments {args}: expected none, `prepare` or '
+                       '`download jsb`')
 
 
 if __name__ == '__main__':

@@ -20,6 +20,12 @@ from bach_jax.data.pianoroll import PianoRoll
 SPLITS = ('train', 'valid', 'test')
 
 
+def default_cache_dir() -> str:
+  """$BACH_JAX_CACHE, else ~/.cache/bach_jax (read now, not at import)."""
+  return os.environ.get('BACH_JAX_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'bach_jax')
+
+
 def path_for(cache_dir: str, kind: str, key: dict) -> str:
   """Cache file of a source: KIND-<hash of the key>.npz in cache_dir."""
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]

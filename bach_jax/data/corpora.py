@@ -18,17 +18,36 @@ Sources (`config.data.source`):
   'bwv248.23'), so versions of one chorale share a split.
 * `midi_dir:PATH`: every .mid/.midi under PATH (recursive); voices as in
   `pianoroll.from_pretty_midi(voices='auto')`. Split 80/10/10 by a stable hash
-  of the path relative to PATH.
+  of the path relative to PATH, with small corpora topped up (below).
 * `jsb:PATH`: the JSB Chorales JSON ({"train": [piece...], ...}, a piece a list
-  of frames, a frame a list of MIDI pitches), its split kept. If every frame of
+  of frames, a frame a list of MIDI pitches), its split kept. `python -m
+  bach_jax.data download jsb` fetches the public files into the data dir
+  ($BACH_JAX_DATA, else <cache dir>/jsb; see download.py). If every frame of
   every piece has exactly 4 entries, the file is the voice-separated 16th-note
   version: frames are [S, A, T, B] (negative = rest) and steps_per_quarter=4;
   otherwise frames are pitch sets and steps_per_quarter=1. The pieces are
   already in C major / C minor on their own grid: data.transpose and
   data.steps_per_quarter do not apply (meta['transpose_note'] says so).
 
+Splits of small folders (`balanced_splits`, midi_dir only). The stable hash
+puts each piece at a position in [0, 100) (its bucket: < 80 train, < 90 valid,
+else test; then finer digits of the same hash), so the split is three runs of
+the pieces sorted by position. When valid or test would hold fewer than
+`split_minimum(pieces)` = max(1, min(floor(MIN_SPLIT_SHARE * pieces),
+SPLIT_ENOUGH)) usable pieces (56 pieces: 5; 200 or more: 20), the run
+boundaries move until it holds that many: the pieces whose positions lie
+nearest the boundary move to the next split (train keeps at least one piece).
+A folder whose valid and test splits already hold that many keeps the plain
+hash split (in practice every folder of a few hundred pieces or more); in a
+small one, adding files can move a piece near a boundary. bach_chorales never
+moves (its assignment is relied on by published numbers, and versions of a
+chorale must share a split), nor does JSB. A split of fewer than TINY_SPLIT
+pieces is reported by a warning line (every source, cache hits included).
+
 Pieces shorter than data.min_steps frames are skipped; every skipped file is
-reported as one line 'skipping FILE: reason' and counted in the summary.
+reported as one line 'skipping FILE: reason' and counted in the summary. Notes
+outside the piano are folded into range by octaves (pianoroll.py); the summary
+gives their total.
 
 Cache: one .npz per (source, file names/sizes/mtimes or package version, grid,
 transpose, min_steps, format version) under data.cache_dir, else
@@ -51,11 +70,17 @@ from typing import Optional
 import numpy as np
 
 from bach_jax.data import cache
+from bach_jax.data import download
 from bach_jax.data import pianoroll
 from bach_jax.data.pianoroll import SATB, MidiError, PianoRoll, satb_indices
 
 SPLITS = cache.SPLITS
-FORMAT_VERSION = 3  # Bump when the prepared pieces or the cache layout change.
+FORMAT_VERSION = 4  # Bump when the prepared pieces or the cache layout change.
+MIN_SPLIT_SHARE = 0.1  # midi_dir: valid and test get at least this share of the pieces,
+SPLIT_ENOUGH = 20  # or this many, if fewer (a split this big is usable as is).
+TINY_SPLIT = 5  # A split with fewer pieces gets a warning: its figures are noise.
+
+
 class CorpusError(ValueError):
   """A source cannot be prepared (missing path, no usable piece...)."""
 
@@ -97,6 +122,9 @@ class Corpus:
       rng = f'{min(r[0] for r in ranges)}..{max(r[1] for r in ranges)}' if ranges else '-'
       density = f'{notes / frames:.2f}' if frames else '-'
       lines.append(f'{name:<7}{len(pieces):>8}{frames:>10}{rng:>16}{density:>13}')
+    folded = [p.meta.get('folded_notes') or 0 for s in SPLITS for p in self.splits.get(s, [])]
+    lines.append(f'notes outside 21..108 folded into range by octaves: {sum(folded)} '
+                 f'(in {sum(n > 0 for n in folded)} pieces)')
     lines.append(f'skipped: {len(self.skipped)} files')
     counts = {}
     for _, reason in self.skipped:
@@ -111,6 +139,50 @@ def split_of(key: str) -> str:
   """Stable 80/10/10 split of a string key (sha256, not Python's hash())."""
   bucket = int(hashlib.sha256(key.encode('utf-8')).hexdigest()[:8], 16) % 100
   return 'train' if bucket < 80 else 'valid' if bucket < 90 else 'test'
+
+
+def _split_position(key: str) -> float:
+  """Where split_of puts a key on [0, 100): its bucket, then finer digits of the hash."""
+  digest = hashlib.sha256(key.encode('utf-8')).hexdigest()
+  return int(digest[:8], 16) % 100 + int(digest[8:16], 16) / 16**8
+
+
+def split_minimum(num_pieces: int) -> int:
+  """Pieces that valid and test each get at least in a midi_dir corpus (module docstring)."""
+  return max(1, min(int(num_pieces * MIN_SPLIT_SHARE), SPLIT_ENOUGH))
+
+
+def balanced_splits(keys) -> dict:
+  """key -> split: split_of(key), small valid/test splits topped up (module docstring)."""
+  order = sorted(set(keys), key=lambda k: (_split_position(k), k))
+  n = len(order)
+  if not n:
+    return {}
+  natural = [split_of(k) for k in order]
+  want = split_minimum(n)
+  n_test = max(natural.count('test'), want)
+  n_valid = max(natural.count('valid'), want)
+  over = n_test + n_valid - (n - 1)  # Train keeps at least one piece.
+  if over > 0:
+    cut = min(over, n_test)
+    n_test, n_valid = n_test - cut, n_valid - (over - cut)
+  n_train = n - n_valid - n_test
+  splits = ['train'] * n_train + ['valid'] * n_valid + ['test'] * n_test
+  return dict(zip(order, splits))
+
+
+def _rebalance(results):
+  """midi_dir results with balanced_splits applied to the usable pieces."""
+  kept = [name for name, split, _ in results if split is not None]
+  assigned = balanced_splits(kept)
+  moved = sum(assigned[k] != split_of(k) for k in kept)
+  if moved:
+    counts = {s: list(assigned.values()).count(s) for s in SPLITS}
+    logging.warning('small corpus: %d of %d pieces moved between splits so that valid and '
+                    'test hold at least %d (now %d/%d/%d)', moved, len(kept),
+                    split_minimum(len(kept)), *counts.values())
+  return [(name, None if split is None else assigned[name], out)
+          for name, split, out in results]
 
 
 def bwv_key(filename: str) -> str:
@@ -262,6 +334,9 @@ def _parse_source(source: str):
   for kind in ('midi_dir', 'jsb'):
     if source.startswith(kind + ':'):
       path = os.path.abspath(os.path.expanduser(source[len(kind) + 1:]))
+      if not os.path.exists(path) and kind == 'jsb':
+        raise CorpusError(f'{path}: JSB file does not exist ({source!r}); '
+                          f'{download.how_to_get(path)}')
       if not os.path.exists(path):
         raise CorpusError(f'{path}: source path does not exist ({source!r})')
       if kind == 'midi_dir' and not os.path.isdir(path):
@@ -335,9 +410,7 @@ def _cache_key(kind, path, data):
   return key
 
 
-def default_cache_dir() -> str:
-  return os.environ.get('BACH_JAX_CACHE') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'bach_jax')
+default_cache_dir = cache.default_cache_dir
 
 
 def load_corpus(data_config, cache_dir: Optional[str] = None,
@@ -378,7 +451,7 @@ def load_corpus(data_config, cache_dir: Optional[str] = None,
   elif kind == 'midi_dir':
     grid = data['steps_per_quarter']
     jobs = [(full, rel, data) for full, rel in _midi_files(path)]
-    results = _run_jobs(_midi_file, jobs, workers, progress, 'midi files')
+    results = _rebalance(_run_jobs(_midi_file, jobs, workers, progress, 'midi files'))
   else:
     grid = data['steps_per_quarter']
     jobs = [(p, data) for p in chorale_paths()]
@@ -400,6 +473,11 @@ def load_corpus(data_config, cache_dir: Optional[str] = None,
 
 
 def _corpus(splits, skipped, source, grid, cache_path, hit) -> Corpus:
+  total = sum(len(splits[s]) for s in SPLITS)
+  for s in SPLITS:
+    if len(splits[s]) < TINY_SPLIT:
+      logging.warning('split %s holds only %d of %d pieces (fewer than %d): its figures '
+                      'will be noise', s, len(splits[s]), total, TINY_SPLIT)
   counts = {p.num_voices for s in SPLITS for p in splits[s]}
   num_voices = counts.pop() if len(counts) == 1 else None
   return Corpus(splits, skipped, source, grid, num_voices, cache_path, hit)

@@ -24,13 +24,33 @@ in file order; otherwise `voices=None`. Callers can instead pass the
 instrument indices to use. Where notes of one voice share a frame, the voice
 takes the note with the latest onset, and of a chord its highest note; the
 roll is then the union of the voices (lower notes of a chord are dropped).
+
+Notes outside the piano (MIDI 21..108) are folded: moved by whole octaves
+into range (pitch class, rhythm and voice kept); meta['folded_notes'] counts
+them. A file whose notes are all outside the piano is refused (MidiError).
+
+Reading files (`read_pretty_midi`). SMPTE time division (the MThd division
+word has its top bit set) counts time in frames of a second, not in beats, so
+such a file has no beat grid to put notes on: refused with that reason.
+pretty_midi refuses files whose largest tick exceeds `MAX_TICK` (1e7) as
+"likely corrupt", but a valid long piece can get there (music21 writes 10080
+ticks per quarter: 1000 quarter notes are 1e7 ticks). Such files are read:
+their ticks are divided by a common factor of all times and the resolution
+(exact), else rounded to a coarser resolution that is a multiple of 8 ticks
+per quarter (moves times by under 1/600 of a quarter note). The guard against
+absurd files is in quarter notes: a file longer than MAX_QUARTERS (over 4
+hours at 120 quarter notes per minute) is refused as too long.
 """
 
 import dataclasses
+import inspect
+import io
+import math
 import os
 import re
 from typing import Optional, Sequence, Union
 
+import mido
 import numpy as np
 import pretty_midi
 
@@ -38,6 +58,9 @@ LOWEST_PITCH = 21  # A0, the lowest piano key.
 NUM_KEYS = 88
 HIGHEST_PITCH = LOWEST_PITCH + NUM_KEYS - 1  # C8.
 REST = -1  # Value of `voices` where a voice is silent.
+MAX_QUARTERS = 30_000  # Longer files are refused (4h10 at 120 qpm; no real piece is).
+# pretty_midi >= 0.2.11 takes a parsed mido.MidiFile; older ones get its bytes again.
+_TAKES_MIDO = 'mido_object' in inspect.signature(pretty_midi.PrettyMIDI.__init__).parameters
 MONOPHONIC_TOLERANCE = 0.1  # Max fraction of chord frames for a "voice" instrument.
 SATB = ('Soprano', 'Alto', 'Tenor', 'Bass')
 _VOICE_WORDS = {
@@ -161,24 +184,23 @@ def _quantize(pm: pretty_midi.PrettyMIDI, notes, steps_per_quarter: int):
   return on, np.maximum(off, on + 1)
 
 
-def _instrument_grid(pm, instrument, steps_per_quarter, num_steps):
-  """One instrument -> (bool[T, 128] sounding pitches)."""
+def _instrument_grid(pm, notes, steps_per_quarter, num_steps):
+  """One instrument's notes -> (bool[T, 128] sounding pitches)."""
   grid = np.zeros((num_steps, 128), dtype=bool)
-  if instrument.notes:
-    on, off = _quantize(pm, instrument.notes, steps_per_quarter)
-    for n, a, b in zip(instrument.notes, on, off):
+  if notes:
+    on, off = _quantize(pm, notes, steps_per_quarter)
+    for n, a, b in zip(notes, on, off):
       grid[a:b, n.pitch] = True
   return grid
 
 
-def _voice_line(pm, instrument, steps_per_quarter, num_steps) -> np.ndarray:
-  """One instrument -> int16[T], one pitch per frame or REST.
+def _voice_line(pm, notes, steps_per_quarter, num_steps) -> np.ndarray:
+  """One instrument's notes -> int16[T], one pitch per frame or REST.
 
   Where notes share a frame, the one with the latest onset wins, and among
   notes with the same onset (a chord) the highest.
   """
   line = np.full(num_steps, REST, dtype=np.int16)
-  notes = instrument.notes
   if notes:
     on, off = _quantize(pm, notes, steps_per_quarter)
     for j in sorted(range(len(notes)), key=lambda j: (notes[j].start, notes[j].pitch)):
@@ -188,6 +210,36 @@ def _voice_line(pm, instrument, steps_per_quarter, num_steps) -> np.ndarray:
 
 def _first(changes, fmt):
   return fmt(changes[0]) if changes else None
+
+
+def fold_pitch(pitch: int) -> int:
+  """Moves a MIDI pitch by whole octaves into LOWEST_PITCH..HIGHEST_PITCH."""
+  if pitch < LOWEST_PITCH:
+    return pitch + 12 * -(-(LOWEST_PITCH - pitch) // 12)
+  if pitch > HIGHEST_PITCH:
+    return pitch - 12 * -(-(pitch - HIGHEST_PITCH) // 12)
+  return pitch
+
+
+def _folded_notes(pm, chosen):
+  """{instrument index: notes, out-of-range pitches folded}, and how many were folded.
+
+  Raises:
+    MidiError: no notes, or every note is outside the piano.
+  """
+  notes = {i: pm.instruments[i].notes for i in chosen}
+  pitches = [n.pitch for i in chosen for n in notes[i]]
+  if not pitches:
+    raise MidiError('no notes')
+  outside = sum(not LOWEST_PITCH <= p <= HIGHEST_PITCH for p in pitches)
+  if outside == len(pitches):
+    raise MidiError(f'all {outside} notes outside the piano range ({min(pitches)}..'
+                    f'{max(pitches)} not within {LOWEST_PITCH}..{HIGHEST_PITCH})')
+  if outside:
+    notes = {i: [n if LOWEST_PITCH <= n.pitch <= HIGHEST_PITCH else
+                 pretty_midi.Note(n.velocity, fold_pitch(n.pitch), n.start, n.end)
+                 for n in ns] for i, ns in notes.items()}
+  return notes, outside
 
 
 def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
@@ -208,10 +260,11 @@ def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
   Returns:
     The PianoRoll; meta gets key_signature ('D major'), key_number (pretty_midi
     numbering, 0-11 major, 12-23 minor), time_signature ('4/4') when the file
-    carries them, and voice_names.
+    carries them, voice_names, and folded_notes (how many notes outside
+    21..108 were moved by octaves into range).
 
   Raises:
-    MidiError: no notes, only drums, notes outside 21..108.
+    MidiError: no notes, only drums, every note outside 21..108.
   """
   melodic = [i for i, inst in enumerate(pm.instruments) if not inst.is_drum]
   if not any(pm.instruments[i].notes for i in melodic):
@@ -225,20 +278,12 @@ def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
     chosen = [i for i in melodic if pm.instruments[i].notes]
   else:
     chosen = [int(i) for i in voices]
-  pitches = [n.pitch for i in chosen for n in pm.instruments[i].notes]
-  if not pitches:
-    raise MidiError('no notes')
-  lo, hi = min(pitches), max(pitches)
-  if lo < LOWEST_PITCH or hi > HIGHEST_PITCH:
-    raise MidiError(f'notes outside the piano range ({lo}..{hi} not within '
-                    f'{LOWEST_PITCH}..{HIGHEST_PITCH})')
+  notes, folded = _folded_notes(pm, chosen)
   num_steps = 0
   for i in chosen:
-    if pm.instruments[i].notes:
-      num_steps = max(num_steps, int(_quantize(pm, pm.instruments[i].notes,
-                                               steps_per_quarter)[1].max()))
-  grids = [_instrument_grid(pm, pm.instruments[i], steps_per_quarter, num_steps)
-           for i in chosen]
+    if notes[i]:
+      num_steps = max(num_steps, int(_quantize(pm, notes[i], steps_per_quarter)[1].max()))
+  grids = [_instrument_grid(pm, notes[i], steps_per_quarter, num_steps) for i in chosen]
   if mode == 'auto':
     mono = True
     for g in grids:
@@ -254,8 +299,9 @@ def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
   info['key_number'] = _first(pm.key_signature_changes, lambda k: int(k.key_number))
   info['time_signature'] = _first(pm.time_signature_changes,
                                   lambda t: f'{t.numerator}/{t.denominator}')
+  info['folded_notes'] = folded
   if use_voices:
-    voice_array = np.stack([_voice_line(pm, pm.instruments[i], steps_per_quarter, num_steps)
+    voice_array = np.stack([_voice_line(pm, notes[i], steps_per_quarter, num_steps)
                             for i in chosen], axis=1)
     roll = voices_to_roll(voice_array)
     names = list(voice_names) if voice_names else [pm.instruments[i].name for i in chosen]
@@ -266,8 +312,44 @@ def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
   return PianoRoll(union[:, LOWEST_PITCH:HIGHEST_PITCH + 1], None, steps_per_quarter, info)
 
 
+def _corrupt(e: Exception) -> MidiError:
+  return MidiError(f'corrupt or truncated MIDI ({type(e).__name__}: {e})')
+
+
+def _fit_ticks(mid, largest: int, limit: float):
+  """Rescales the ticks of a mido.MidiFile in place so that its largest tick is < limit.
+
+  Exact when the resolution and every delta time share a factor big enough (the
+  smallest such factor is used); else absolute times are rounded to a coarser
+  resolution, a multiple of 8 ticks per quarter.
+  """
+  tpq = mid.ticks_per_beat
+  common = tpq
+  for track in mid.tracks:
+    for msg in track:
+      common = math.gcd(common, msg.time)
+  for d in range(2, common + 1):
+    if common % d == 0 and largest // d + 1 < limit:
+      for track in mid.tracks:
+        for msg in track:
+          msg.time //= d
+      mid.ticks_per_beat = tpq // d
+      return
+  new = max(8, int((limit - 2) * tpq // largest) // 8 * 8)
+  for track in mid.tracks:
+    now = before = 0
+    for msg in track:
+      now += msg.time
+      at = (2 * now * new + tpq) // (2 * tpq)  # Round half up.
+      msg.time, before = at - before, at
+  mid.ticks_per_beat = new
+
+
 def read_pretty_midi(path: Union[str, os.PathLike]) -> pretty_midi.PrettyMIDI:
-  """Reads a MIDI file; MidiError with a short reason when it cannot."""
+  """Reads a MIDI file; MidiError with a short reason when it cannot.
+
+  See the module docstring for SMPTE files and files over pretty_midi's tick limit.
+  """
   path = os.fspath(path)
   try:
     size = os.path.getsize(path)
@@ -276,13 +358,34 @@ def read_pretty_midi(path: Union[str, os.PathLike]) -> pretty_midi.PrettyMIDI:
   if size == 0:
     raise MidiError('empty file')
   with open(path, 'rb') as f:
-    head = f.read(4)
-  if head != b'MThd':
+    head = f.read(14)
+  if head[:4] != b'MThd':
     raise MidiError('not a MIDI file (no MThd header)')
+  if len(head) == 14 and head[12] & 0x80:
+    raise MidiError(f'SMPTE time division is not supported ({256 - head[12]} frames per '
+                    'second: the file counts seconds, not beats, so it has no beat grid)')
   try:
-    return pretty_midi.PrettyMIDI(path)
-  except Exception as e:  # mido/pretty_midi raise many types on bad data.
-    raise MidiError(f'corrupt or truncated MIDI ({type(e).__name__}: {e})') from e
+    mid = mido.MidiFile(path, charset='latin1')  # As pretty_midi reads it.
+  except Exception as e:  # mido raises many types on bad data.
+    raise _corrupt(e) from e
+  if mid.ticks_per_beat <= 0:
+    raise MidiError(f'corrupt MIDI header ({mid.ticks_per_beat} ticks per quarter note)')
+  largest = max((sum(msg.time for msg in track) for track in mid.tracks), default=0)
+  if largest > MAX_QUARTERS * mid.ticks_per_beat:
+    raise MidiError(f'too long for a piece ({largest / mid.ticks_per_beat:.0f} quarter '
+                    f'notes, more than {MAX_QUARTERS}): likely corrupt')
+  limit = pretty_midi.pretty_midi.MAX_TICK
+  if largest + 1 > limit:  # pretty_midi would call it corrupt: a long valid piece.
+    _fit_ticks(mid, largest, limit)
+  try:
+    if _TAKES_MIDO:
+      return pretty_midi.PrettyMIDI(mido_object=mid)
+    data = io.BytesIO()
+    mid.save(file=data)
+    data.seek(0)
+    return pretty_midi.PrettyMIDI(data)
+  except Exception as e:  # pretty_midi raises many types on bad data.
+    raise _corrupt(e) from e
 
 
 def from_midi(path: Union[str, os.PathLike], steps_per_quarter: int = 4, *,
