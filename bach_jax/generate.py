@@ -75,7 +75,8 @@ def make_request(config, num_pieces=None, num_steps=None, primer=None, melody=No
   s = config.sample
   n = num_pieces or s.num_pieces
   kw = dict(num_pieces=n, num_steps=num_steps or s.num_steps, temperature=float(s.temperature),
-            top_k=int(s.top_k), top_p=float(s.top_p))
+            top_k=int(s.top_k), top_p=float(s.top_p),
+            latent_temperature=float(s.get('latent_temperature', 1.0)))
   if primer is not None:
     kw['primer'] = np.repeat(primer.roll[None], n, axis=0)
     if num_voices:
@@ -138,6 +139,7 @@ def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus
                     prefix='sample'):
   """Samples with config.sample's options (primer / harmonize) and writes the files."""
   s = config.sample
+  check_request_supported(family, primer=bool(s.primer), melody=bool(s.harmonize))
   spq = corpus.steps_per_quarter if corpus is not None else config.data.steps_per_quarter
   num_voices = corpus.num_voices if corpus is not None else None
   primer = (load_primer(s.primer, spq, corpus, s.split, s.primer_steps) if s.primer else None)
@@ -153,6 +155,16 @@ def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus
     voice_names = ['Soprano', 'Alto', 'Tenor', 'Bass']
   pieces = to_pianorolls(out, spq, voice_names)
   return write_pieces(pieces, outdir, prefix, qpm=s.qpm, wav=s.write_wav)
+
+
+def check_request_supported(family, primer=False, melody=False):
+  """SampleError naming the option when the family cannot continue a primer or
+  harmonize a melody (CAPABILITIES.primer / melody)."""
+  caps, name = family.CAPABILITIES, family.__name__.rsplit('.', 1)[-1]
+  if primer and not caps.primer:
+    raise SampleError(f'config.sample.primer: the {name} family cannot continue a primer')
+  if melody and not caps.melody:
+    raise SampleError(f'config.sample.harmonize: the {name} family cannot harmonize a melody')
 
 
 def soprano_line(piece):
@@ -182,21 +194,62 @@ class LoadedModel:
     """-> list of PianoRoll. primer: PianoRoll or MIDI path; melody: int[T] or MIDI path."""
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.sample.update(temperature=temperature, top_k=top_k, top_p=top_p)
+    check_request_supported(self.family, primer=primer is not None, melody=melody is not None)
     if isinstance(primer, str):
       primer = load_primer(primer, self.steps_per_quarter)
     if isinstance(melody, str):
       melody = soprano_line(load_primer(melody, self.steps_per_quarter))
     request = make_request(config, num_pieces, num_steps, primer, melody, self.num_voices)
     out = sample(self.family, config, self.params, jax.random.key(seed), request)
-    names = ['Soprano', 'Alto', 'Tenor', 'Bass'] if self.num_voices == 4 else None
-    return to_pianorolls(out, self.steps_per_quarter, names)
+    return to_pianorolls(out, self.steps_per_quarter, self._voice_names())
 
   def score(self, pieces):
-    """Exact frame NLL (nats/frame) of a list of PianoRoll, over whole pieces."""
+    """Likelihood of a list of PianoRoll over whole pieces, in nats per frame.
+
+    -> dict: the family's metrics (e.g. 'frame_nll'; a latent family's bounds such
+    as 'iwae_frame_nll'), 'likelihood' ('exact' or 'bound'), 'select_by' (the main
+    metric's key), 'frames', 'pieces', 'seconds'.
+    """
     from bach_jax import evaluate, parallel  # pylint: disable=g-import-not-at-top
     mesh = parallel.make_mesh()
     fn = evaluate.make_eval_fn(self.family, self.config, mesh)
-    return evaluate.frame_nll(fn, self.config, self.params, pieces, mesh, self.num_voices)
+    return evaluate.evaluate_pieces(fn, self.family, self.config, self.params, pieces, mesh,
+                                    self.num_voices)
+
+  # Latent families (CAPABILITIES.latent); the others raise latent_ops.LatentError.
+
+  def encode(self, pieces):
+    """-> list (one per piece) of its latents [segments, ...] (the VAE: posterior means)."""
+    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
+    return latent_ops.encode_pieces(self.family, self.config, self.params, pieces,
+                                    self.num_voices)
+
+  def decode(self, z, num_steps=None, greedy=True, temperature=1.0, seed=0):
+    """Latents [N, segments, ...] -> list of PianoRoll (greedy: the most likely output)."""
+    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
+    z = np.asarray(z)
+    out = latent_ops.decode(self.family, self.config, self.params, z, num_steps, seed, greedy,
+                            temperature)
+    return to_pianorolls(out, self.steps_per_quarter, self._voice_names())
+
+  def reconstruct(self, pieces):
+    """Encode, then decode greedily -> (list of PianoRoll, accuracy stats dict)."""
+    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
+    return latent_ops.reconstruct(self.family, self.config, self.params, pieces,
+                                  self.num_voices, self._voice_names())
+
+  def interpolate(self, piece_a, piece_b, num_points=5):
+    """num_points pieces decoded along the path from piece_a's latents to piece_b's
+    (the VAE: spherical interpolation of the posterior means); the ends are the two
+    reconstructions. Pieces: PianoRoll or MIDI paths."""
+    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
+    a, b = (load_primer(p, self.steps_per_quarter) if isinstance(p, str) else p
+            for p in (piece_a, piece_b))
+    return latent_ops.interpolate(self.family, self.config, self.params, a, b, num_points,
+                                  self.num_voices, self._voice_names())
+
+  def _voice_names(self):
+    return ['Soprano', 'Alto', 'Tenor', 'Bass'] if self.num_voices == 4 else None
 
   def write(self, pieces, outdir, prefix='sample', wav=True):
     return write_pieces(pieces, outdir, prefix, qpm=self.config.sample.qpm, wav=wav)

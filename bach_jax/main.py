@@ -5,6 +5,8 @@ r"""bach_jax entry point.
   python -m bach_jax.main --workdir=DIR --mode=sample --config.sample.num_pieces=8
   python -m bach_jax.main --workdir=DIR --mode=evaluate --config.sample.split=test
   python -m bach_jax.main --config=configs/lstm.py --mode=prepare                  # corpus summary
+  python -m bach_jax.main --workdir=DIR --mode=reconstruct --config.sample.num_pieces=4   # latent
+  python -m bach_jax.main --workdir=DIR --mode=interpolate --config.sample.interpolate=split:0,split:1
 
 --mode=sample / evaluate on an existing workdir reuse its config.json, with any
 --config.KEY=VALUE overrides applied on top (e.g. a different data.source).
@@ -21,8 +23,12 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory of the run: checkpoints, metrics, samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'evaluate', 'prepare'], 'What to do.')
-flags.DEFINE_integer('step', None, 'sample/evaluate: checkpoint step (default: best, else latest).')
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'sample', 'evaluate', 'reconstruct', 'interpolate', 'prepare'],
+                  'What to do (reconstruct / interpolate: latent families only).')
+flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: best, else latest).')
+flags.DEFINE_string('outdir', None, 'Where sample / reconstruct / interpolate write '
+                    '(default: WORKDIR/samples).')
 
 
 def _workdir_config_json(argv):
@@ -62,10 +68,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from bach_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.maybe_initialize_distributed()
-  from bach_jax import checkpoints, config_base, generate, train  # pylint: disable=g-import-not-at-top
+  from bach_jax import checkpoints, config_base, generate, latent_ops, train  # pylint: disable=g-import-not-at-top
   from bach_jax.data import corpora, pianoroll  # pylint: disable=g-import-not-at-top
   user_errors = (config_base.ConfigError, corpora.CorpusError, checkpoints.CheckpointError,
-                 generate.SampleError, pianoroll.MidiError, FileNotFoundError)
+                 generate.SampleError, latent_ops.LatentError, pianoroll.MidiError,
+                 FileNotFoundError)
   try:
     _run(FLAGS.mode)
   except user_errors as e:
@@ -116,7 +123,13 @@ def _sample_or_evaluate(mode):
     result.update(split=split, step=model.step, source=config.data.source)
     print(json.dumps(result))
     return
-  outdir = os.path.join(FLAGS.workdir, 'samples')
+  outdir = FLAGS.outdir or os.path.join(FLAGS.workdir, 'samples')
+  if mode in ('reconstruct', 'interpolate'):
+    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
+    run = (latent_ops.reconstruct_to_files if mode == 'reconstruct'
+           else latent_ops.interpolate_to_files)
+    print(json.dumps(run(model, corpus, outdir)))
+    return
   paths = generate.sample_to_files(family, config, model.params,
                                    jax.random.key(config.seed + 12345), outdir, corpus=corpus,
                                    prefix=f'step{model.step}')

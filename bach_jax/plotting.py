@@ -10,11 +10,9 @@ LOWEST_PITCH = 21
 VOICE_COLORS = ('tab:red', 'tab:blue', 'tab:green', 'tab:purple', 'tab:orange', 'tab:brown')
 
 
-def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title='', voice_names=None):
-  """Writes a piano-roll PNG. roll: bool[T, 88]; voices: int[T, V] (REST -1) colours voices."""
+def _draw_pianoroll(ax, roll, voices, steps_per_quarter, title, voice_names):
   roll = np.asarray(roll, bool)
   t = roll.shape[0]
-  fig, ax = plt.subplots(figsize=(min(4 + t / 16, 24), 4.5), dpi=100)
   if voices is not None and np.asarray(voices).size:
     voices = np.asarray(voices)
     for v in range(voices.shape[1]):
@@ -33,9 +31,33 @@ def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title='', voice
   bar = 4 * steps_per_quarter
   for x in range(0, t, bar):
     ax.axvline(x, color='0.85', lw=0.5, zorder=0)
-  ax.set_xlabel(f'step ({steps_per_quarter} per quarter; lines every 4 quarters)')
   ax.set_ylabel('MIDI pitch')
   ax.set_title(title)
+
+
+def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title='', voice_names=None):
+  """Writes a piano-roll PNG. roll: bool[T, 88]; voices: int[T, V] (REST -1) colours voices."""
+  t = np.asarray(roll).shape[0]
+  fig, ax = plt.subplots(figsize=(min(4 + t / 16, 24), 4.5), dpi=100)
+  _draw_pianoroll(ax, roll, voices, steps_per_quarter, title, voice_names)
+  ax.set_xlabel(f'step ({steps_per_quarter} per quarter; lines every 4 quarters)')
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_pianoroll_rows(path, pieces, titles, steps_per_quarter=4):
+  """One PNG with a piano-roll per row, on one time axis (e.g. an original above its
+  reconstruction, or the points of an interpolation). pieces: PianoRoll-like objects
+  with .roll, .voices and .meta."""
+  t = max(np.asarray(p.roll).shape[0] for p in pieces)
+  fig, axes = plt.subplots(len(pieces), 1, figsize=(min(4 + t / 16, 24), 2.6 * len(pieces)),
+                           dpi=100, sharex=True, squeeze=False)
+  for ax, piece, title in zip(axes[:, 0], pieces, titles):
+    _draw_pianoroll(ax, piece.roll, piece.voices, steps_per_quarter, title,
+                    piece.meta.get('voice_names'))
+    ax.set_xlim(0, t)
+  axes[-1, 0].set_xlabel(f'step ({steps_per_quarter} per quarter; lines every 4 quarters)')
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

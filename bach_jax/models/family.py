@@ -28,9 +28,14 @@ Functions (all pure; `config` is the run's ConfigDict, bound with partial):
                                             int32[N, T, V]}; request: common.SampleRequest
 
 Latent families (CAPABILITIES.latent) also provide
-  encode(config, params, batch, rng)        -> {'mean', 'std': float[B, S, D], 'segment_mask':
-                                            bool[B, S]}: one latent per segment of each piece
-  decode(config, params, z, rng, request)   -> like sample, from z float[N, S, D]
+  encode(config, params, batch, rng)        -> {'z': [B, n, ...] the latent of each segment of
+                                            each piece (its posterior mean, or its codes),
+                                            'segment_mask': bool[B, n]} (plus what else the
+                                            family knows, e.g. 'std')
+  decode(config, params, z, rng, request)   -> like sample, from z [N, n, ...] (n segments)
+  interpolate_latents(config, a, b, num_points)
+                                            -> [num_points, n, ...] from z of piece a to b
+                                            (NumPy; the VAE: spherical interpolation)
 """
 
 import dataclasses
@@ -41,7 +46,7 @@ LIKELIHOODS = ('exact', 'bound', 'none')
 
 REQUIRED = ('validate', 'check_corpus', 'init', 'train_step', 'eval_step', 'summarize',
             'sample')
-LATENT = ('encode', 'decode')
+LATENT = ('encode', 'decode', 'interpolate_latents')
 
 
 @dataclasses.dataclass(frozen=True)
