@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,3 +22,9 @@ def load_config(name, arg='test', **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def run_main(*args, cwd=REPO, timeout=600):
+  """python -m bach_jax.main ARGS in a subprocess -> CompletedProcess (text output)."""
+  return subprocess.run([sys.executable, '-m', 'bach_jax.main', *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout)

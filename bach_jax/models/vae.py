@@ -316,6 +316,18 @@ def decode(config, params, z, rng, request):
   segments. request.temperature / top_k / top_p filter the output distributions;
   top_k = 1 is greedy (for Bernoulli keys: on when p > 0.5).
   """
+  out, _ = decode_scan(config, params, z, rng, request)
+  return out
+
+
+def decode_scan(config, params, z, rng, request, forced=None):
+  """The step-by-step decoder (one lax.scan over n * S steps) -> (output dict, log p float[N, T]).
+
+  forced: frames to clamp instead of sampling, in the output's terms: slot classes
+  int32[N, T, slots] (frame heads; -1 samples a slot) or bool[N, T, 88] (Bernoulli);
+  log p is the unfiltered model's log-probability of each chosen frame, so forcing
+  the data scores it (the tests compare it with the teacher-forced NLL).
+  """
   info = _slot_info(config, params=params)
   model = make_model(config, info)
   m = config.model
@@ -327,33 +339,41 @@ def decode(config, params, z, rng, request):
   inits = jax.vmap(lambda c: apply(c, method=RecurrentVAE.init_carry))(ctx)
   vcls0 = (jnp.full((n, info.num_voices), info.num_keys, jnp.int32)
            if info and info.num_voices else None)
+  if forced is None:
+    shape = (n, steps, info.num_slots) if info else (n, steps, 1)
+    forced = jnp.full(shape, -1, jnp.int32)
 
-  def step(state, key):
+  def step(state, inputs):
     carry, roll_prev, vcls_prev, t = state
+    force, key = inputs
     b = t // block
     carry = jax.tree.map(lambda i, c: jnp.where(t % block == 0, i[b], c), inits, carry)
     x = apply(roll_prev, jnp.broadcast_to(t == 0, (n,)), vcls_prev,
               method=RecurrentVAE.embed_inputs)
     h, carry = apply(x, ctx[b], carry, method=RecurrentVAE.decode_step)
     if info is None:
-      p = jax.nn.sigmoid(apply(h, None, method=RecurrentVAE.output_logits) / request.temperature)
+      logits = apply(h, None, method=RecurrentVAE.output_logits)
+      p = jax.nn.sigmoid(logits / request.temperature)
       roll = p > 0.5 if request.top_k == 1 else jax.random.bernoulli(key, p)
-      return (carry, roll, None, t + 1), (roll, 0)
+      if force.shape[-1] == NUM_KEYS:  # Clamped frames (the default has one column of -1).
+        roll = force.astype(bool)
+      logp = -common.bernoulli_nll(logits, roll)
+      return (carry, roll, None, t + 1), (roll, 0, logp)
     head = lambda j, slots: apply(j, h, slots, method=RecurrentVAE.head_logits)
-    forced = jnp.full((n, info.num_slots), -1, jnp.int32)
-    slots, _ = heads.choose_slots(info, head, forced, key, request.temperature, request.top_k,
-                                  request.top_p)
+    slots, logp = heads.choose_slots(info, head, force, key, request.temperature,
+                                     request.top_k, request.top_p)
     roll, vcls = slots_to_frame(info, slots)
-    return (carry, roll, vcls, t + 1), (roll, vcls if info.num_voices else 0)
+    return (carry, roll, vcls, t + 1), (roll, vcls if info.num_voices else 0, logp)
 
   state = (jax.tree.map(lambda i: i[0], inits), jnp.zeros((n, NUM_KEYS), bool), vcls0,
            jnp.zeros((), jnp.int32))
-  _, (rolls, vcls) = jax.lax.scan(step, state, jax.random.split(rng, steps))
+  _, (rolls, vcls, logp) = jax.lax.scan(
+      step, state, (jnp.swapaxes(forced, 0, 1), jax.random.split(rng, steps)))
   out = {'roll': jnp.swapaxes(rolls, 0, 1)}
   if info is not None and info.num_voices:
     vcls = jnp.swapaxes(vcls, 0, 1)
     out['voices'] = jnp.where(vcls == info.num_keys, -1, vcls + info.lo).astype(jnp.int32)
-  return out
+  return out, jnp.swapaxes(logp, 0, 1)
 
 
 def interpolate_latents(config, a, b, num_points):
