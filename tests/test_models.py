@@ -1,4 +1,7 @@
-"""Tests every model family must pass (tiny random models, synthetic frames)."""
+"""Shared model machinery: the params' moving average and the learning-rate warmup.
+
+(What every family must do is tested over the registry in test_family_contract.py.)
+"""
 
 import jax
 import numpy as np
@@ -16,50 +19,6 @@ def _tiny_model(name):
   num_voices = 4 if name == 'lstm_attn' else 0
   state = family.init(config, jax.random.key(0), train.example_batch(config, num_voices))
   return config, family, state, num_voices
-
-
-@pytest.mark.parametrize('name', ['lstm', 'lstm_attn'])
-def test_start_frame_is_not_an_internal_rest(name):
-  """The start flag reaches the model: a piece's first frame is predicted from
-  the start state, not from the state after a silent frame mid-piece."""
-  config, family, state, num_voices = _tiny_model(name)
-  rng = np.random.default_rng(0)
-  voices = np.where(rng.random((2, 8, 4)) < 0.2, -1, rng.integers(50, 70, (2, 8, 4)))
-  voices[:, 0] = -1  # Frame 0 silent: the start frame, or an internal rest.
-  roll = (np.arange(88) + 21 == voices[..., None]).any(-2)
-  batch = {'roll': roll, 'frame_mask': np.broadcast_to(np.arange(8) == 1, (2, 8)),
-           'mask': np.ones(2, bool)}
-  if num_voices:
-    batch['voices'] = voices.astype(np.int32)
-  first = lambda start: family.eval_step(config, state.params, dict(batch, start=start))
-  as_start = first(np.broadcast_to(np.arange(8) == 0, (2, 8)))
-  as_rest = first(np.zeros((2, 8), bool))
-  assert float(as_start['frames']) == float(as_rest['frames']) == 2
-  assert abs(float(as_start['nll_sum']) - float(as_rest['nll_sum'])) > 1e-4
-  # No 'start' key: frame 0 is the start frame (what piece_batches produces).
-  np.testing.assert_allclose(family.eval_step(config, state.params, batch)['nll_sum'],
-                             as_start['nll_sum'], rtol=1e-6)
-
-
-@pytest.mark.parametrize('name', ['lstm', 'lstm_attn'])
-def test_training_loss_ignores_frames_masked_out(name):
-  """data.pad_short: frames after a short piece's end never reach the loss."""
-  config, family, state, num_voices = _tiny_model(name)
-  rng = np.random.default_rng(1)
-  voices = np.where(rng.random((3, 10, 4)) < 0.2, -1, rng.integers(50, 70, (3, 10, 4)))
-  frame_mask = np.arange(10) < np.array([10, 6, 3])[:, None]
-  losses = []
-  for garbage in (False, True):
-    v = voices if garbage else np.where(frame_mask[..., None], voices, -1)
-    batch = {'roll': (np.arange(88) + 21 == v[..., None]).any(-2), 'mask': np.ones(3, bool),
-             'frame_mask': frame_mask}
-    if num_voices:
-      batch['voices'] = v.astype(np.int32)
-    losses.append(float(family.train_step(config, state, batch, jax.random.key(1))[1]['loss']))
-  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
-  batch.pop('frame_mask')
-  assert abs(float(family.train_step(config, state, batch, jax.random.key(1))[1]['loss'])
-             - losses[0]) > 1e-4  # Without the mask the garbage counts.
 
 
 def test_ema_params_follow_the_moving_average():

@@ -1,0 +1,220 @@
+"""Every registered family, through the same checks: a family is tested the day it is
+registered (models/family.py is the contract).
+
+Each family trains its ':test' config for a few steps on the embedded chorales, through
+the trainer as users run it; the checks read only the contract (CAPABILITIES, the
+summary's select_by, load_model). The step-level checks reuse the trainer's jitted step
+on batches of the trainer's shapes, so XLA's compilation cache (conftest.py) serves them.
+"""
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bach_jax import generate
+from bach_jax import metric_writers
+from bach_jax import models
+from bach_jax import parallel
+from bach_jax import train
+from bach_jax.data import pipeline
+from bach_jax.models import family as family_lib
+from train_helpers import REPO, load_config
+
+FAMILIES = sorted(models.REGISTRY)
+_OVERRIDES = {'train.num_steps': 24, 'train.log_every': 4, 'train.eval_every': 0,
+              'train.checkpoint_every': 8, 'train.num_final_samples': 1}
+
+
+def _config(name, **overrides):
+  return load_config(name, 'test', **{**_OVERRIDES, **overrides})
+
+
+def _losses(workdir):
+  return {r['step']: r['train/loss'] for r in metric_writers.read_metrics(workdir)
+          if 'train/loss' in r}
+
+
+@pytest.fixture(scope='module', params=FAMILIES)
+def run(request, tmp_path_factory):
+  """(name, workdir, result) of a 24-step run of the family's ':test' config."""
+  workdir = str(tmp_path_factory.mktemp(f'{request.param}_run'))
+  return request.param, workdir, train.train_and_evaluate(_config(request.param), workdir)
+
+
+def test_registry_entries_meet_the_contract():
+  for name in FAMILIES:
+    family = models.get_family(name)
+    caps = family.CAPABILITIES
+    assert caps.likelihood in family_lib.LIKELIHOODS
+    assert caps.select_by
+    for fn in family_lib.REQUIRED + (family_lib.LATENT if caps.latent else ()):
+      assert callable(getattr(family, fn)), (name, fn)
+
+
+def test_contract_check_names_what_a_family_lacks():
+  import types  # pylint: disable=g-import-not-at-top
+  bare = types.ModuleType('bach_jax.models.bare')
+  bare.CAPABILITIES = family_lib.Capabilities(likelihood='bound', select_by='x', latent=True)
+  bare.init = bare.train_step = lambda *a: None
+  with pytest.raises(models.ConfigError, match="lacks .*'eval_step'.*'encode'"):
+    family_lib.check_family('bare', bare)
+
+
+def test_family_trains_evaluates_and_samples(run):
+  name, workdir, result = run
+  family = models.get_family(name)
+  caps = family.CAPABILITIES
+  losses = _losses(workdir)
+  assert sorted(losses) == list(range(1, 25))
+  assert np.mean([losses[s] for s in range(21, 25)]) < np.mean([losses[s] for s in range(1, 5)])
+  assert result['likelihood'] == caps.likelihood
+  if caps.likelihood != 'none':
+    for split in ('valid', 'test'):
+      assert np.isfinite(result[f'best_{split}_{caps.select_by}']), result
+  model = generate.load_model(workdir)
+  assert model.step == 24
+  pieces = model.sample(num_pieces=2, num_steps=12, seed=1)
+  assert [p.roll.shape for p in pieces] == [(12, 88)] * 2
+  assert any(p.roll.any() for p in pieces)
+  if caps.voices and model.num_voices:
+    assert pieces[0].voices.shape == (12, model.num_voices)
+  assert sorted(os.listdir(os.path.join(workdir, 'samples')))[:3] == [
+      'sample_0.mid', 'sample_0.png', 'sample_0.wav']
+
+
+def _step_fixture(name):
+  """(config, family, state, batch, step) with the trainer's shapes and jitted step."""
+  config = _config(name)
+  family, corpus, mesh = train.setup(config)
+  batch = next(pipeline.BatchIterator(
+      corpus.splits['train'], batch_size=config.train.batch_size,
+      window_steps=config.data.window_steps, hop_steps=config.data.hop_steps, seed=0,
+      num_voices=corpus.num_voices, pad_start=config.data.pad_start))
+  state = jax.jit(functools.partial(family.init, config), out_shardings=parallel.replicated(
+      mesh))(jax.random.key(0), train.example_batch(config, corpus.num_voices))
+  step = train.make_train_step(family, config, mesh)
+
+  def loss(batch_):  # The state is donated: step a copy.
+    return float(step(jax.tree.map(np.array, state), parallel.to_global(batch_, mesh),
+                      jax.random.key(1))[1]['loss'])
+
+  return batch, loss
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_masked_frames_never_reach_the_loss_and_the_start_flag_does(name):
+  """data.pad_short: frames after a piece's end (frame_mask False) never count; the
+  start flag tells a piece's start from an internal rest."""
+  batch, loss = _step_fixture(name)
+  rng = np.random.default_rng(0)
+  mask = batch['frame_mask'].copy()
+  mask[::2, -3:] = False
+  clean, dirty = dict(batch, frame_mask=mask), dict(batch, frame_mask=mask)
+  noise = rng.random(batch['roll'].shape) < 0.2
+  dirty['roll'] = np.where(mask[..., None], batch['roll'], noise)
+  if 'voices' in batch:
+    dirty['voices'] = np.where(mask[..., None], batch['voices'], 60)
+  base = loss(clean)
+  np.testing.assert_allclose(loss(dirty), base, rtol=1e-6)
+  unmasked = dict(dirty, frame_mask=batch['frame_mask'])
+  assert abs(loss(unmasked) - base) > 1e-4
+  # Frame 0 silent in every row: flagged as the start frame, or an internal rest.
+  silent = dict(clean, roll=clean['roll'].copy())
+  silent['roll'][:, 0] = False
+  if 'voices' in batch:
+    silent['voices'] = batch['voices'].copy()
+    silent['voices'][:, 0] = -1
+  as_start = loss(dict(silent, start=np.broadcast_to(np.arange(mask.shape[1]) == 0,
+                                                     mask.shape).copy()))
+  as_rest = loss(dict(silent, start=np.zeros_like(batch['start'])))
+  assert abs(as_start - as_rest) > 1e-5
+
+
+def test_sigterm_then_resume_gives_identical_metrics(run, tmp_path, monkeypatch):
+  name, full, _ = run  # The uninterrupted run (its final samples change no metric).
+  resumed = str(tmp_path / 'resumed')
+  calls = {'n': 0}
+  real_next = pipeline.BatchIterator.__next__
+
+  def next_then_sigterm(self):
+    calls['n'] += 1
+    if calls['n'] == 11:  # A preemption arrives while batch 11 is being read.
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_next(self)
+
+  monkeypatch.setattr(pipeline.BatchIterator, '__next__', next_then_sigterm)
+  config = _config(name, **{'train.num_final_samples': 0})
+  result = train.train_and_evaluate(config, resumed)
+  assert result.get('interrupted_at') == 11
+  monkeypatch.setattr(pipeline.BatchIterator, '__next__', real_next)
+  final = train.train_and_evaluate(_config(name, **{'train.num_final_samples': 0}), resumed)
+  a, b = _losses(full), _losses(resumed)
+  assert sorted(b) == list(range(1, 25))
+  np.testing.assert_allclose([b[s] for s in range(12, 25)], [a[s] for s in range(12, 25)],
+                             rtol=1e-6)
+  select = models.get_family(name).CAPABILITIES.select_by
+  expected = metric_writers.read_metrics(full)
+  got = [r for r in metric_writers.read_metrics(resumed) if f'best/best_test_{select}' in r]
+  want = [r for r in expected if f'best/best_test_{select}' in r]
+  np.testing.assert_allclose(got[-1][f'best/best_test_{select}'],
+                             want[-1][f'best/best_test_{select}'], rtol=1e-6)
+  assert final['step'] == 24
+
+
+_EIGHT_DEVICES = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+import jax, numpy as np
+from bach_jax import models, parallel, train
+from train_helpers import load_config
+
+assert jax.device_count() == 8, jax.devices()
+for name in sys.argv[2:]:
+  config = load_config(name, 'test')
+  family = models.get_family(name)
+  rng = np.random.default_rng(0)
+  w = config.data.window_steps
+  voices = np.where(rng.random((16, w, 4)) < 0.1, -1, rng.integers(55, 72, (16, w, 4)))
+  voices[:, 0] = -1
+  batch = {'roll': (np.arange(88) + 21 == voices[..., None]).any(-2),
+           'voices': voices.astype(np.int32), 'mask': np.ones(16, bool)}
+  batch['mask'][-3:] = False  # Padding rows must not count, wherever they are sharded.
+  if config.model.get('num_voices', 0) == -1:
+    config.model.num_voices = 4
+  results = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = parallel.make_mesh(devices)
+    state = parallel.replicate(family.init(config, jax.random.key(0), batch), mesh)
+    step = train.make_train_step(family, config, mesh)
+    gbatch = {k: jax.device_put(v, parallel.data_sharded(mesh)) for k, v in batch.items()}
+    metrics = []
+    for _ in range(3):
+      state, m = step(state, gbatch, jax.random.key(1))
+      metrics.append({k: float(v) for k, v in m.items()})
+    leaf = jax.tree.leaves(state.params)[0]
+    assert len(leaf.sharding.device_set) == len(devices)
+    results.append((metrics, jax.device_get(state.params)))
+  (m8, p8), (m1, p1) = results
+  for a, b in zip(m8, m1):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=f'{name} {k}')
+  for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+  print('OK', name, [m['loss'] for m in m8])
+'''
+
+
+def test_eight_device_step_equals_one_device_step_for_every_family():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', _EIGHT_DEVICES, os.path.join(REPO, 'tests'),
+                         *FAMILIES], env=env, cwd=REPO, capture_output=True, text=True,
+                        timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.count('OK') == len(FAMILIES), proc.stdout
