@@ -78,9 +78,12 @@ def get_config(arg=''):
     d.window_steps, d.hop_steps = m.segment_steps + 1, 4
     d.augment_transpose = 3
     m.latent_dim = 32
+    m.encoder_hidden = m.conductor_hidden = m.decoder_hidden = m.head_hidden = 128  # JSB
+    #   (13.8k frames) overfits: 128 is what suited lstm_attn there.
+    m.free_bits = 2.0
     t.batch_size = 32
     t.num_steps = 4000
-    t.eval_every = t.checkpoint_every = 200
+    t.eval_every = t.checkpoint_every = 500
     t.num_final_samples = 0
   elif arg:
     raise ValueError(f'configs/vae.py: unknown variant {arg!r} (known: test, jsb)')

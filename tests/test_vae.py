@@ -160,7 +160,7 @@ def test_bidirectional_encoder_equals_two_plain_directions():
   rng = np.random.default_rng(4)
   x = rng.normal(size=(3, 8, 12)).astype(np.float32)
   lengths = np.array([8, 5, 1])
-  model = vae.make_model(config, vae._slot_info(config, params=params))  # pylint: disable=protected-access
+  model = vae.make_model(config, vae.frame_decoder.slot_info(config, params=params))  # pylint: disable=protected-access
   enc = {k: params[k] for k in ('enc_fwd', 'enc_bwd', 'to_posterior')}
   for name in ('enc_fwd', 'enc_bwd'):  # Input weights for 12 features, random.
     w = params[name]['w_ih']

@@ -16,6 +16,7 @@ REGISTRY = {
     'lstm': 'bach_jax.models.lstm',
     'lstm_attn': 'bach_jax.models.lstm_attn',
     'vae': 'bach_jax.models.vae',
+    'vqvae': 'bach_jax.models.vqvae',
 }
 
 

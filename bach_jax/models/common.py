@@ -15,6 +15,8 @@ class TrainState:
   params: Any
   opt_state: Any
   ema_params: Any = None  # Moving average of params (train.ema_decay > 0), else None.
+  model_state: Any = None  # What a family updates outside the optimizer (e.g. codebook
+  #   statistics), else None.
 
   def eval_params(self):
     """The params to evaluate, sample and keep as "best": the average if there is one."""
@@ -45,11 +47,11 @@ def make_optimizer(train_config):
   return optax.chain(*chain)
 
 
-def create_state(params, train_config):
+def create_state(params, train_config, model_state=None):
   tx = make_optimizer(train_config)
   ema = jax.tree.map(jnp.copy, params) if train_config.get('ema_decay', 0.0) else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    ema_params=ema)
+                    ema_params=ema, model_state=model_state)
 
 
 def apply_gradients(state, grads, train_config):

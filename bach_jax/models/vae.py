@@ -42,10 +42,11 @@ import numpy as np
 
 from bach_jax.models import common
 from bach_jax.models import family
+from bach_jax.models import frame_decoder
 from bach_jax.models import heads
 from bach_jax.models import latent
 from bach_jax.models import vae_config
-from bach_jax.models.frame_slots import NUM_KEYS, _info, slots_to_frame, voice_classes
+from bach_jax.models.frame_decoder import NUM_KEYS, Segments
 from bach_jax.models.layers import LSTMLayer, LSTMStack
 
 CAPABILITIES = family.Capabilities(likelihood='bound', select_by='iwae_frame_nll',
@@ -56,7 +57,7 @@ check_corpus = vae_config.check_corpus
 summarize = vae_config.summarize
 
 
-class RecurrentVAE(heads.FrameHeads, nn.Module):
+class RecurrentVAE(frame_decoder.FrameDecoder, nn.Module):
   """See the module docstring. N segments, S steps, D latent dims; num_slots = 0
   means per-key Bernoulli output."""
   num_classes: int
@@ -84,26 +85,13 @@ class RecurrentVAE(heads.FrameHeads, nn.Module):
     if self.decoder == 'hierarchical':
       self.conductor_init = nn.Dense(2 * self.conductor_hidden)
       self.conductor = LSTMStack(self.conductor_hidden, 1, dtype=self.dtype)
-    self.decoder_init = nn.Dense(2 * self.decoder_layers * self.decoder_hidden)
-    self.dec = LSTMStack(self.decoder_hidden, self.decoder_layers, self.dropout_rate, self.dtype)
-    self.drop = nn.Dropout(self.dropout_rate)
-    if self.num_slots:
-      self.setup_heads()
-    else:
-      self.out = nn.Dense(NUM_KEYS)
+    self.setup_decoder()
 
   def encode(self, x, lengths):
     """x: float[N, S, Din] segment frames; lengths: int[N] real frames (a prefix)
     -> (mean, std) float[N, D]. Frames at or after a segment's length are never read."""
-    steps = x.shape[1]
-    last = jnp.clip(lengths - 1, 0, steps - 1)[:, None, None]
-    hs_fwd, _ = self.enc_fwd(x)
-    t = jnp.arange(steps)[None]
-    rev = jnp.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # Padding stays after.
-    hs_bwd, _ = self.enc_bwd(jnp.take_along_axis(x, rev[..., None], axis=1))
-    h = jnp.concatenate([jnp.take_along_axis(hs_fwd, last, 1)[:, 0],
-                         jnp.take_along_axis(hs_bwd, last, 1)[:, 0]], axis=-1)
-    return latent.posterior(self.to_posterior(h), self.latent_dim)
+    _, final = frame_decoder.bidirectional(self.enc_fwd, self.enc_bwd, x, lengths)
+    return latent.posterior(self.to_posterior(final), self.latent_dim)
 
   def contexts(self, z, steps):
     """z: float[N, D] -> (block contexts float[N, U, C], block_steps): what the bottom
@@ -116,35 +104,10 @@ class RecurrentVAE(heads.FrameHeads, nn.Module):
     ctx, _ = self.conductor(jnp.broadcast_to(z[:, None], (z.shape[0], u, z.shape[1])), carry)
     return ctx, self.subsequence_steps
 
-  def init_carry(self, ctx):
-    """ctx: float[M, C] -> the bottom decoder's initial (h, c) per layer, from tanh(dense)."""
-    hc = jnp.tanh(self.decoder_init(ctx)).reshape(
-        ctx.shape[0], self.decoder_layers, 2, self.decoder_hidden)
-    return tuple((hc[:, i, 0], hc[:, i, 1]) for i in range(self.decoder_layers))
-
   def decode_hidden(self, z, x_prev, deterministic=True):
     """Teacher-forced. z: float[N, D]; x_prev: float[N, S, Din] -> float[N, S, H]."""
-    n, steps = x_prev.shape[:2]
-    ctx, block = self.contexts(z, steps)
-    u = ctx.shape[1]
-    ctx = ctx.reshape(n * u, -1)
-    inputs = jnp.repeat(ctx[:, None], block, axis=1)
-    if self.decoder_input:
-      inputs = jnp.concatenate([x_prev.reshape(n * u, block, -1), inputs], axis=-1)
-    h, _ = self.dec(inputs, self.init_carry(ctx), deterministic=deterministic)
-    return h.reshape(n, steps, -1)
-
-  def decode_step(self, x_prev, ctx, carry):
-    """One step. x_prev: float[N, Din]; ctx: float[N, C] -> (h float[N, H], carry)."""
-    inputs = jnp.concatenate([x_prev, ctx], -1) if self.decoder_input else ctx
-    h, carry = self.dec(inputs[:, None], carry)
-    return h[:, 0], carry
-
-  def output_logits(self, h, target, deterministic=True):
-    """h: float[..., H] -> [..., S, C] (heads, teacher-forced on target) or [..., 88]."""
-    if self.num_slots:
-      return self.all_head_logits(h, target, deterministic)
-    return self.out(h)
+    ctx, block = self.contexts(z, x_prev.shape[1])
+    return self.decode_blocks(ctx, block, x_prev, deterministic)
 
   def __call__(self, x_enc, lengths, x_prev, target, eps, deterministic=True):
     """Whole forward pass (used by init): encode, z = mean + std * eps, decode."""
@@ -155,62 +118,21 @@ class RecurrentVAE(heads.FrameHeads, nn.Module):
 
 # ----------------------------------------------------------------- helpers
 
-def _slot_info(config, batch=None, params=None):
-  """The heads' slot info, or None for per-key Bernoulli output."""
-  if config.model.output == 'bernoulli':
-    return None
-  return _info(config, batch, params)
-
-
 def make_model(config, info):
   m = config.model
   return RecurrentVAE(
-      info.num_classes if info else 0, info.num_slots if info else 0,
-      info.num_voices if info else 0, m.latent_dim, m.encoder_hidden, m.decoder,
+      *frame_decoder.slot_fields(info), m.latent_dim, m.encoder_hidden, m.decoder,
       m.subsequence_steps, m.conductor_hidden, m.decoder_hidden, m.decoder_layers,
       m.decoder_input == 'previous_frame', m.dropout_rate, m.embed_dim, m.head_hidden,
       m.heads == 'autoregressive', jnp.dtype(m.dtype))
 
 
-class _Segments:
-  """A batch cut into segments of S target frames: N = B * n rows.
-
-  Attributes: x_enc, x_prev float[N, S, Din]; target int32[N, S, slots] or
-  bool[N, S, 88]; mask float[N, S]; lengths int32[N]; valid float[N] (segments
-  with at least one real frame); rows (B, n).
-  """
-
-  def __init__(self, config, model, params, info, batch):
-    s = config.model.segment_steps
-    apply = lambda *a: model.apply({'params': params}, *a, method=RecurrentVAE.embed_inputs)
-    if info is not None:
-      roll_in, start_in, vcls_in, target = heads.frame_inputs_targets(info, batch)
-      voices = batch.get('voices') if info.num_voices else None
-      vcls_t = None if voices is None else voice_classes(info, voices[:, 1:])
-    else:
-      roll_in, start_in = batch['roll'][:, :-1], common.start_flags(batch)[:, :-1]
-      target, vcls_in, vcls_t = batch['roll'][:, 1:], None, None
-    roll_t = batch['roll'][:, 1:]
-    x_prev = apply(roll_in, start_in, vcls_in)
-    x_enc = apply(roll_t, jnp.zeros(roll_t.shape[:-1], bool), vcls_t)
-    mask = common.target_mask(batch)
-    flat = lambda a: latent.to_segments(a, s).reshape((-1, s) + a.shape[2:])
-    self.rows = (roll_t.shape[0], -(-roll_t.shape[1] // s))
-    self.x_prev, self.x_enc, self.target, self.mask = (flat(x_prev), flat(x_enc), flat(target),
-                                                      flat(mask))
-    self.lengths = jnp.sum(self.mask, -1).astype(jnp.int32)
-    self.valid = (self.lengths > 0).astype(jnp.float32)
-
-
 def _frame_nll(model, params, info, seg, z, rng=None):
   """-log p(x_t | z, x_<t) per segment frame: float[N, S] (masked frames included)."""
-  kw = dict(deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
-  apply = lambda *a, method: model.apply({'params': params}, *a, method=method, **kw)
-  h = apply(z, seg.x_prev, method=RecurrentVAE.decode_hidden)
-  logits = apply(h, seg.target, method=RecurrentVAE.output_logits)
-  if info is None:
-    return common.bernoulli_nll(logits, seg.target)
-  return heads.slot_nll(heads.mask_all(info, logits, seg.target), seg.target)
+  h = model.apply({'params': params}, z, seg.x_prev, deterministic=rng is None,
+                  rngs=None if rng is None else {'dropout': rng},
+                  method=RecurrentVAE.decode_hidden)
+  return frame_decoder.output_nll(model, params, info, seg.target, h, rng)
 
 
 def _encode(model, params, seg):
@@ -218,16 +140,16 @@ def _encode(model, params, seg):
 
 
 def _setup(config, params, batch):
-  info = _slot_info(config, batch, params)
+  info = frame_decoder.slot_info(config, batch, params)
   model = make_model(config, info)
-  return info, model, _Segments(config, model, params, info, batch)
+  return info, model, Segments(config, model, params, info, batch)
 
 
 # ----------------------------------------------------------- family surface
 
 def init(config, rng, example_batch):
   """-> TrainState with freshly initialized params and optimizer state."""
-  info = _slot_info(config, example_batch)
+  info = frame_decoder.slot_info(config, example_batch)
   model = make_model(config, info)
   b, s = example_batch['roll'].shape[0], config.model.segment_steps
   din = heads.input_size(config, info) if info else NUM_KEYS + 1
@@ -321,59 +243,14 @@ def decode(config, params, z, rng, request):
 
 
 def decode_scan(config, params, z, rng, request, forced=None):
-  """The step-by-step decoder (one lax.scan over n * S steps) -> (output dict, log p float[N, T]).
-
-  forced: frames to clamp instead of sampling, in the output's terms: slot classes
-  int32[N, T, slots] (frame heads; -1 samples a slot) or bool[N, T, 88] (Bernoulli);
-  log p is the unfiltered model's log-probability of each chosen frame, so forcing
-  the data scores it (the tests compare it with the teacher-forced NLL).
-  """
-  info = _slot_info(config, params=params)
+  """frame_decoder.decode_scan from latents float[N, n, D] (n segments) -> (output, log p)."""
+  info = frame_decoder.slot_info(config, params=params)
   model = make_model(config, info)
-  m = config.model
-  apply = lambda *a, method: model.apply({'params': params}, *a, method=method)
   n, segs = z.shape[:2]
-  steps = segs * m.segment_steps
-  ctx, block = apply(z.reshape(n * segs, -1), m.segment_steps, method=RecurrentVAE.contexts)
-  ctx = jnp.swapaxes(ctx.reshape(n, -1, ctx.shape[-1]), 0, 1)  # [blocks, N, C], time order.
-  inits = jax.vmap(lambda c: apply(c, method=RecurrentVAE.init_carry))(ctx)
-  vcls0 = (jnp.full((n, info.num_voices), info.num_keys, jnp.int32)
-           if info and info.num_voices else None)
-  if forced is None:
-    shape = (n, steps, info.num_slots) if info else (n, steps, 1)
-    forced = jnp.full(shape, -1, jnp.int32)
-
-  def step(state, inputs):
-    carry, roll_prev, vcls_prev, t = state
-    force, key = inputs
-    b = t // block
-    carry = jax.tree.map(lambda i, c: jnp.where(t % block == 0, i[b], c), inits, carry)
-    x = apply(roll_prev, jnp.broadcast_to(t == 0, (n,)), vcls_prev,
-              method=RecurrentVAE.embed_inputs)
-    h, carry = apply(x, ctx[b], carry, method=RecurrentVAE.decode_step)
-    if info is None:
-      logits = apply(h, None, method=RecurrentVAE.output_logits)
-      p = jax.nn.sigmoid(logits / request.temperature)
-      roll = p > 0.5 if request.top_k == 1 else jax.random.bernoulli(key, p)
-      if force.shape[-1] == NUM_KEYS:  # Clamped frames (the default has one column of -1).
-        roll = force.astype(bool)
-      logp = -common.bernoulli_nll(logits, roll)
-      return (carry, roll, None, t + 1), (roll, 0, logp)
-    head = lambda j, slots: apply(j, h, slots, method=RecurrentVAE.head_logits)
-    slots, logp = heads.choose_slots(info, head, force, key, request.temperature,
-                                     request.top_k, request.top_p)
-    roll, vcls = slots_to_frame(info, slots)
-    return (carry, roll, vcls, t + 1), (roll, vcls if info.num_voices else 0, logp)
-
-  state = (jax.tree.map(lambda i: i[0], inits), jnp.zeros((n, NUM_KEYS), bool), vcls0,
-           jnp.zeros((), jnp.int32))
-  _, (rolls, vcls, logp) = jax.lax.scan(
-      step, state, (jnp.swapaxes(forced, 0, 1), jax.random.split(rng, steps)))
-  out = {'roll': jnp.swapaxes(rolls, 0, 1)}
-  if info is not None and info.num_voices:
-    vcls = jnp.swapaxes(vcls, 0, 1)
-    out['voices'] = jnp.where(vcls == info.num_keys, -1, vcls + info.lo).astype(jnp.int32)
-  return out, jnp.swapaxes(logp, 0, 1)
+  ctx, block = model.apply({'params': params}, z.reshape(n * segs, -1),
+                           config.model.segment_steps, method=RecurrentVAE.contexts)
+  ctx = ctx.reshape(n, -1, ctx.shape[-1])  # Blocks in time order.
+  return frame_decoder.decode_scan(model, params, info, ctx, block, rng, request, forced)
 
 
 def interpolate_latents(config, a, b, num_points):
