@@ -1,4 +1,4 @@
-"""Objective metrics of piano-rolls, Bach's voice-leading rules, and set-vs-set distances.
+"""Objective metrics of piano-rolls, per piece; `evaluate_set` adds the voice leading.
 
 Pure NumPy/SciPy (no jax), vectorized over pieces and time: a set of pieces is a
 padded batch `rolls: bool[N, T, 88]` (key k is MIDI pitch LOWEST_PITCH + k) with
@@ -44,98 +44,32 @@ Per-piece metrics (`roll_metrics`, each float[N] unless said otherwise):
   repetition: share of frames t, bar <= t < length, equal to frame t - bar
     (two silent frames are equal).
 
-Voice leading (`voice_leading_counts` / `voice_leading`, 4 voices S, A, T, B).
-A transition of a pair of voices (upper u, lower l) is a step t-1 -> t where
-both voices sound in both frames and at least one of them changes pitch (a
-held or repeated note is not a motion). With du, dl the melodic steps and
-i0, i1 = |u - l| the vertical intervals (semitones) before and after:
-  similar motion: du * dl > 0; contrary motion: du * dl < 0.
-  parallel fifth: similar or contrary motion, i0 % 12 == i1 % 12 == 7
-    (compound fifths and anti-parallel fifths included), any pair of voices.
-  parallel octave (unisons included): contrary motion with i0 % 12 == i1 % 12
-    == 0, or similar motion from unison to unison or from a (compound) octave
-    to a (compound) octave. Similar motion from a unison to an octave is not
-    parallel but a hidden octave (as in music21, below).
-  hidden fifth / octave: outer voices only (soprano, bass), similar motion
-    into a fifth (i1 % 12 == 7) / an octave or unison (i1 % 12 == 0) that is
-    not a parallel fifth / octave, with the soprano moving by at least
-    `soprano_leap` semitones (default 3: a leap, more than a whole step).
-  voice crossing: per frame, a pair (u above l in the score) with both
-    sounding and l > u (strictly; a unison is not a crossing).
-  spacing: per frame, more than an octave between soprano and alto or
-    between alto and tenor (tenor-bass may be wider).
-  out of range: a sounding note outside its voice's range, VOICE_RANGES:
-    soprano 60..81 (C4-A5), alto 53..74 (F3-D5), tenor 48..67 (C3-G4), bass
-    40..60 (E2-C4), inclusive.
-  large leap: a voice moving by more than an octave between frames in
-    which it sounds.
-Rates are per 100 of their own occasions: parallels per 100 pair
-transitions (all 6 pairs), hidden intervals per 100 outer-pair transitions,
-crossings per 100 pair-frames with both voices sounding, spacing per 100
-(S-A or A-T) pair-frames with both sounding, range per 100 sounding
-voice-frames, leaps per 100 voice moves (a voice changing pitch between two
-sounding frames).
-
-music21 (voiceLeading.VoiceLeadingQuartet, the oracle of the tests) works on
-spelled intervals; these rules are its rules on semitones. Ours agree with its
-parallelFifth, parallelUnisonOrOctave, hiddenFifth and hiddenOctave (these two
-with soprano_leap=1: music21 asks for no leap) and voiceCrossing whenever every
-interval of 0, 7 or 12 semitones (mod 12) is spelled as a perfect unison, fifth
-or octave and no interval is spelled as an augmented or diminished unison,
-fifth or octave (true of white keys). The one case that matters in practice:
-a tritone moving to a fifth in similar motion is a hidden fifth here, but
-music21 counts it only if the tritone is spelled as an augmented fourth (a
-diminished fifth is "generically parallel" to the fifth there, so neither
-parallel nor hidden). music21's parallelOctave alone excludes unisons; its
-hiddenOctave includes arrivals on a unison (the simpleName of P8 is 'P1'), as
-ours does.
-
-Comparing sets (Yang & Lerch 2018, "On the evaluation of generative models in
-music"): `compare(samples, reference)` takes two dicts of `evaluate_set`. For
-every metric, the intra-set distances of the reference (|r_i - r_j|, or the
-Euclidean norm for the histogram, over ALL ordered pairs, i = j included) and
-the inter-set distances (|s_i - r_j|) are smoothed by Gaussian KDEs
-(scipy.stats.gaussian_kde, bandwidth at least KDE_FLOOR_FRACTION of the spread
-of both samples; a sample without variance, where gaussian_kde fails, becomes a
-Gaussian of that width; at most MAX_DISTANCES distances each, subsampled with a
-fixed seed), normalized on a common grid, and compared by their overlapping
-area (OA, 1 = identical) and the KL divergence KL(intra || inter). Keeping
-i = j in the intra-set (the paper leaves it out) makes a set compared with
-itself give exactly OA 1 and KL 0. The summary `distance` ranks runs: the
-mean over scalar metrics of |mean_samples - mean_ref| / std_ref, each term
-capped at Z_CAP (std_ref floored at STD_FLOOR). Diversity: the mean Euclidean distance between the
-pieces of a set over DIVERSITY_FEATURES standardized by the reference (see
-`diversity`); `diversity_ratio` divides that of the samples by that of the
-reference, and `is_collapsed` flags a ratio below COLLAPSE_RATIO.
+Voice leading (parallel fifths / octaves, hidden intervals, crossings, spacing,
+range, leaps): bach_jax/voice_leading.py. Comparing sets (Yang & Lerch's
+overlap and KL, the summary distance, diversity, collapse):
+bach_jax/set_compare.py. Their public names are re-exported here, so
+`metrics.evaluate_set(...)` then `metrics.compare(...)` is all a caller needs.
 """
 
 import math
-import warnings
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 from bach_jax.data.pianoroll import LOWEST_PITCH, NUM_KEYS, REST, PianoRoll
+# Re-exports: callers use `metrics.<name>` for the whole toolkit.
+from bach_jax.set_compare import (  # pylint: disable=unused-import
+    COLLAPSE_RATIO, DIVERSITY_FEATURES, KDE_FLOOR_FRACTION, KDE_GRID_POINTS, MAX_DISTANCES,
+    STD_FLOOR, Z_CAP, compare, diversity, diversity_ratio, is_collapsed, overlap_and_kl,
+    pair_distances, summarize)
+from bach_jax.voice_leading import (  # pylint: disable=unused-import
+    NUM_VOICES, SOPRANO_LEAP, VOICE_LEADING_RATES, VOICE_RANGES, voice_leading,
+    voice_leading_counts, voices_from_roll)
 
 NUM_PITCH_CLASSES = 12
 BEATS_PER_BAR = 4
-NUM_VOICES = 4
-# Inclusive MIDI ranges of soprano, alto, tenor, bass.
-VOICE_RANGES = ((60, 81), (53, 74), (48, 67), (40, 60))
-SOPRANO_LEAP = 3  # Semitones the soprano must move for a hidden fifth/octave.
 MAJOR_SCALE = (1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1)
 NATURAL_MINOR_SCALE = (1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0)
-# Yang & Lerch comparison.
-KDE_GRID_POINTS = 512
-KDE_FLOOR_FRACTION = 0.01  # Least KDE bandwidth, as a share of the distances' spread.
-MAX_DISTANCES = 2048  # Distances per KDE; more pairs are subsampled (fixed seed).
-STD_FLOOR = 1e-6
-Z_CAP = 10.0
-COLLAPSE_RATIO = 0.25
-DIVERSITY_FEATURES = ('pitch_class_histogram', 'pitch_class_entropy', 'used_pitch_classes',
-                      'polyphony', 'note_density', 'mean_note_length', 'pitch_range',
-                      'empty_beat_rate', 'repetition')
 
 # Key k -> pitch class, as a one-hot float[88, 12] for matrix products.
 _KEY_PITCH_CLASS = (LOWEST_PITCH + np.arange(NUM_KEYS)) % NUM_PITCH_CLASSES
@@ -377,136 +311,6 @@ def roll_metrics(rolls, lengths, steps_per_quarter: int) -> dict:
   }
 
 
-# ---------------------------------------------------------------------------- voices
-
-
-def voices_from_roll(rolls) -> np.ndarray:
-  """bool[N, T, 88] -> int[N, T, 4]: the 4 pitches of each 4-note frame, highest first.
-
-  Frames without exactly 4 notes are REST in every voice.
-  """
-  rolls = np.asarray(rolls, dtype=bool)
-  keys = np.where(rolls, np.arange(NUM_KEYS), -1)
-  top = -np.sort(-keys, axis=2)[..., :NUM_VOICES]
-  four = rolls.sum(axis=2, keepdims=True) == NUM_VOICES
-  return np.where(four, top + LOWEST_PITCH, REST).astype(np.int64)
-
-
-def _pair_motion(voices: np.ndarray, upper: int, lower: int) -> dict:
-  """Motion of one pair of voices over the transitions t-1 -> t.
-
-  Args:
-    voices: int[N, T, 4] pitches, REST beyond the lengths.
-    upper, lower: voice indices, upper above lower in the score.
-
-  Returns:
-    bool[N, T-1] 'moves', 'similar', 'contrary' and int[N, T-1] 'before',
-    'after' (vertical intervals |u - l|) and 'step' (the upper voice's motion).
-  """
-  u0, u1 = voices[:, :-1, upper], voices[:, 1:, upper]
-  l0, l1 = voices[:, :-1, lower], voices[:, 1:, lower]
-  sound = (u0 != REST) & (u1 != REST) & (l0 != REST) & (l1 != REST)
-  du, dl = u1 - u0, l1 - l0
-  return {'moves': sound & ((du != 0) | (dl != 0)),
-          'similar': sound & (du * dl > 0), 'contrary': sound & (du * dl < 0),
-          'before': np.abs(u0 - l0), 'after': np.abs(u1 - l1), 'step': np.abs(du)}
-
-
-def _parallel_fifths(m: dict) -> np.ndarray:
-  fifths = (m['before'] % 12 == 7) & (m['after'] % 12 == 7)
-  return (m['similar'] | m['contrary']) & fifths
-
-
-def _parallel_octaves(m: dict) -> np.ndarray:
-  b, a = m['before'], m['after']
-  unisons = (b == 0) & (a == 0)
-  octaves = (b > 0) & (a > 0) & (b % 12 == 0) & (a % 12 == 0)
-  return (m['similar'] & (unisons | octaves)) | (m['contrary'] & (b % 12 == 0) & (a % 12 == 0))
-
-
-def voice_leading_counts(voices, lengths, soprano_leap: int = SOPRANO_LEAP) -> dict:
-  """Counts of voice-leading events and of their occasions (module docstring).
-
-  Args:
-    voices: int[N, T, 4] MIDI pitches (REST = -1), soprano first.
-    lengths: int[N] frames of each piece.
-    soprano_leap: semitones the soprano must move for a hidden fifth/octave
-      (1: any motion, as music21 counts them).
-
-  Returns:
-    name -> int[N]: parallel_fifths, parallel_octaves, pair_transitions,
-    hidden_fifths, hidden_octaves, outer_transitions, voice_crossings,
-    pair_frames, spacing, spacing_frames, out_of_range, voice_frames,
-    large_leaps, voice_moves.
-  """
-  voices = np.asarray(voices, dtype=np.int64)
-  if voices.ndim != 3 or voices.shape[2] != NUM_VOICES:
-    raise ValueError(f'voices must be int[N, T, {NUM_VOICES}], got {voices.shape}')
-  voices = np.where(_valid_frames(lengths, voices.shape[1])[..., None], voices, REST)
-  sounding = voices != REST
-  counts = {name: np.zeros(voices.shape[0], dtype=np.int64) for name in (
-      'parallel_fifths', 'parallel_octaves', 'pair_transitions', 'voice_crossings',
-      'pair_frames', 'spacing', 'spacing_frames')}
-  for upper in range(NUM_VOICES):
-    for lower in range(upper + 1, NUM_VOICES):
-      m = _pair_motion(voices, upper, lower)
-      counts['parallel_fifths'] += _parallel_fifths(m).sum(axis=1)
-      counts['parallel_octaves'] += _parallel_octaves(m).sum(axis=1)
-      counts['pair_transitions'] += m['moves'].sum(axis=1)
-      both = sounding[..., upper] & sounding[..., lower]
-      gap = voices[..., upper] - voices[..., lower]
-      counts['voice_crossings'] += (both & (gap < 0)).sum(axis=1)
-      counts['pair_frames'] += both.sum(axis=1)
-      if lower == upper + 1 and lower < NUM_VOICES - 1:  # S-A, A-T.
-        counts['spacing'] += (both & (gap > 12)).sum(axis=1)
-        counts['spacing_frames'] += both.sum(axis=1)
-  outer = _pair_motion(voices, 0, NUM_VOICES - 1)
-  into = outer['similar'] & (outer['step'] >= soprano_leap)
-  counts['hidden_fifths'] = (into & (outer['after'] % 12 == 7)
-                             & ~_parallel_fifths(outer)).sum(axis=1)
-  counts['hidden_octaves'] = (into & (outer['after'] % 12 == 0)
-                              & ~_parallel_octaves(outer)).sum(axis=1)
-  counts['outer_transitions'] = outer['moves'].sum(axis=1)
-  low = np.array([r[0] for r in VOICE_RANGES])
-  high = np.array([r[1] for r in VOICE_RANGES])
-  counts['out_of_range'] = (sounding & ((voices < low) | (voices > high))).sum(axis=(1, 2))
-  counts['voice_frames'] = sounding.sum(axis=(1, 2))
-  steps = voices[:, 1:] - voices[:, :-1]
-  moved = sounding[:, 1:] & sounding[:, :-1] & (steps != 0)
-  counts['large_leaps'] = (moved & (np.abs(steps) > 12)).sum(axis=(1, 2))
-  counts['voice_moves'] = moved.sum(axis=(1, 2))
-  return counts
-
-
-# Rate name -> (count, occasions) of voice_leading_counts.
-VOICE_LEADING_RATES = {
-    'parallel_fifths': ('parallel_fifths', 'pair_transitions'),
-    'parallel_octaves': ('parallel_octaves', 'pair_transitions'),
-    'hidden_fifths': ('hidden_fifths', 'outer_transitions'),
-    'hidden_octaves': ('hidden_octaves', 'outer_transitions'),
-    'voice_crossing': ('voice_crossings', 'pair_frames'),
-    'spacing': ('spacing', 'spacing_frames'),
-    'out_of_range': ('out_of_range', 'voice_frames'),
-    'large_leaps': ('large_leaps', 'voice_moves'),
-}
-
-
-def voice_leading(voices, lengths, soprano_leap: int = SOPRANO_LEAP) -> dict:
-  """Voice-leading rates per 100 occasions (VOICE_LEADING_RATES), NaN without occasions.
-
-  Args:
-    voices: int[N, T, 4] MIDI pitches (REST = -1), soprano first.
-    lengths: int[N] frames of each piece.
-    soprano_leap: see voice_leading_counts.
-
-  Returns:
-    name -> float[N].
-  """
-  counts = voice_leading_counts(voices, lengths, soprano_leap)
-  return {name: 100.0 * _ratio(counts[num], counts[den])
-          for name, (num, den) in VOICE_LEADING_RATES.items()}
-
-
 def evaluate_set(rolls, lengths, steps_per_quarter: int, voices=None) -> dict:
   """Every per-piece metric of a set: roll_metrics plus voice_leading.
 
@@ -525,197 +329,3 @@ def evaluate_set(rolls, lengths, steps_per_quarter: int, voices=None) -> dict:
     voices = voices_from_roll(rolls)
   metrics.update(voice_leading(voices, lengths))
   return metrics
-
-
-# ---------------------------------------------------------------------------- sets
-
-
-def _json_float(x) -> Optional[float]:
-  """A float for JSON: None for NaN or inf."""
-  x = float(x)
-  return x if math.isfinite(x) else None
-
-
-def _json(x):
-  """Float or float array -> float / nested lists of floats, NaN -> None."""
-  x = np.asarray(x, dtype=np.float64)
-  return _json_float(x) if x.ndim == 0 else [_json(v) for v in x]
-
-
-def _rows(values) -> np.ndarray:
-  """float[N] or float[N, D] -> float[M, D], the M rows without NaN."""
-  values = np.asarray(values, dtype=np.float64)
-  values = values.reshape(values.shape[0], -1)
-  return values[~np.isnan(values).any(axis=1)]
-
-
-def summarize(metrics: dict) -> dict:
-  """name -> (mean, std) over the pieces without NaN (lists for the histogram; None if none)."""
-  summary = {}
-  for name, values in metrics.items():
-    rows = _rows(values)
-    shape = np.asarray(values).shape[1:]
-    if rows.shape[0] == 0:
-      mean = std = np.full(shape, np.nan)
-    else:
-      mean, std = rows.mean(axis=0).reshape(shape), rows.std(axis=0).reshape(shape)
-    summary[name] = (_json(mean), _json(std))
-  return summary
-
-
-def pair_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Euclidean distances of the pairs (a_i, b_j) of float[N, D] and float[M, D].
-
-  All N * M pairs, or MAX_DISTANCES of them picked with a fixed seed (the same
-  picks for the same N and M, so a set against itself gives its intra-set).
-  """
-  num_pairs = a.shape[0] * b.shape[0]
-  if num_pairs <= MAX_DISTANCES:
-    picks = np.arange(num_pairs)
-  else:
-    picks = np.random.default_rng(0).choice(num_pairs, MAX_DISTANCES, replace=False)
-  i, j = np.divmod(picks, b.shape[0])
-  return np.linalg.norm(a[i] - b[j], axis=-1)
-
-
-def _density(data: np.ndarray, floor: float):
-  """(pdf callable, bandwidth) of a sample of distances.
-
-  scipy's gaussian_kde with its bandwidth raised to at least `floor`, or, for a
-  sample without variance (where gaussian_kde fails), a Gaussian of width
-  `floor` at the sample's value.
-  """
-  center = float(np.mean(data))
-  if data.size < 2 or not np.std(data) > 1e-12 * max(1.0, abs(center)):
-    return (lambda x: stats.norm.pdf(x, center, floor)), floor
-  kde = stats.gaussian_kde(data)
-  bandwidth = float(np.sqrt(kde.covariance[0, 0]))
-  if bandwidth < floor:
-    kde.set_bandwidth(kde.factor * floor / bandwidth)
-    bandwidth = floor
-  return kde, bandwidth
-
-
-def overlap_and_kl(intra: np.ndarray, inter: np.ndarray):
-  """(overlapping area, KL(intra || inter)) of the KDEs of two samples of distances.
-
-  Both densities are evaluated on one grid covering both samples and
-  normalized there, so identical samples give exactly (1, 0).
-  """
-  both = np.concatenate([intra, inter])
-  floor = max(KDE_FLOOR_FRACTION * np.ptp(both), 1e-6)
-  (pdf_p, bw_p), (pdf_q, bw_q) = _density(intra, floor), _density(inter, floor)
-  margin = 4 * max(bw_p, bw_q)
-  grid = np.linspace(both.min() - margin, both.max() + margin, KDE_GRID_POINTS)
-  p, q = pdf_p(grid), pdf_q(grid)
-  p, q = p / p.sum(), q / q.sum()  # Riemann sums on a uniform grid; dx cancels.
-  overlap = float(np.minimum(p, q).sum())
-  with np.errstate(divide='ignore', invalid='ignore'):
-    kl = float(np.sum(np.where(p > 0, p * np.log(p / np.maximum(q, 1e-300)), 0.0)))
-  return overlap, max(kl, 0.0)
-
-
-def _metric_comparison(samples: np.ndarray, reference: np.ndarray) -> dict:
-  """One metric's rows float[N, D] and float[M, D] (no NaN) -> the entries of compare()."""
-  shape = () if samples.shape[1] == 1 else (samples.shape[1],)
-  out = {'mean': _json(samples.mean(axis=0).reshape(shape)),
-         'std': _json(samples.std(axis=0).reshape(shape)),
-         'ref_mean': _json(reference.mean(axis=0).reshape(shape)),
-         'ref_std': _json(reference.std(axis=0).reshape(shape)), 'z': None}
-  if not shape:
-    ref_std = max(float(reference.std()), STD_FLOOR)
-    out['z'] = min(abs(float(samples.mean() - reference.mean())) / ref_std, Z_CAP)
-  intra = pair_distances(reference, reference)
-  inter = pair_distances(samples, reference)
-  out['overlap'], out['kl'] = overlap_and_kl(intra, inter)
-  return out
-
-
-def compare(samples: dict, reference: dict) -> dict:
-  """Compares two sets' metrics (dicts of evaluate_set) as Yang & Lerch do.
-
-  Args:
-    samples: name -> float[N] (or float[N, D]) of the generated pieces.
-    reference: name -> float[M] (or float[M, D]) of the reference pieces.
-
-  Returns:
-    A plain-JSON dict: 'distance' (mean capped |z| over the scalar metrics,
-    0 = same means), 'diversity_ratio', 'collapsed', 'num_samples',
-    'num_reference', and 'metrics': name -> {mean, std, ref_mean, ref_std, z
-    (None for the histogram), overlap, kl}; a metric undefined for every
-    piece of either set (or with < 2 reference pieces) is None.
-  """
-  per_metric, z_scores = {}, []
-  for name in (n for n in reference if n in samples):
-    s, r = _rows(samples[name]), _rows(reference[name])
-    if s.shape[0] < 1 or r.shape[0] < 2:
-      per_metric[name] = None
-      continue
-    per_metric[name] = _metric_comparison(s, r)
-    if per_metric[name]['z'] is not None:
-      z_scores.append(per_metric[name]['z'])
-  ratio = diversity_ratio(samples, reference)
-  return {'distance': _json_float(np.mean(z_scores)) if z_scores else None,
-          'diversity_ratio': _json_float(ratio),
-          'collapsed': bool(ratio < COLLAPSE_RATIO),
-          'num_samples': int(len(next(iter(samples.values())))),
-          'num_reference': int(len(next(iter(reference.values())))),
-          'metrics': per_metric}
-
-
-def _features(metrics: dict, reference: dict) -> np.ndarray:
-  """float[N, F]: DIVERSITY_FEATURES standardized by the reference's mean and std.
-
-  Columns with no spread in the reference are dropped; NaN (e.g. an empty
-  piece) becomes 0, the reference mean.
-  """
-  columns, ref_columns = [], []
-  for name in DIVERSITY_FEATURES:
-    if name in metrics and name in reference:
-      columns.append(np.asarray(metrics[name], np.float64).reshape(len(metrics[name]), -1))
-      ref_columns.append(np.asarray(reference[name], np.float64)
-                         .reshape(len(reference[name]), -1))
-  if not columns:
-    return np.zeros((len(next(iter(metrics.values()))), 0))
-  x, ref = np.concatenate(columns, axis=1), np.concatenate(ref_columns, axis=1)
-  with warnings.catch_warnings():  # An all-NaN column: NaN mean and std, dropped.
-    warnings.simplefilter('ignore', RuntimeWarning)
-    mean, std = np.nanmean(ref, axis=0), np.nanstd(ref, axis=0)
-  keep = std > STD_FLOOR
-  z = (x[:, keep] - mean[keep]) / std[keep]
-  return np.where(np.isnan(z), 0.0, z)
-
-
-def diversity(metrics: dict, reference: Optional[dict] = None) -> float:
-  """Mean Euclidean distance between pieces i < j of a set (NaN with < 2 pieces).
-
-  Features: DIVERSITY_FEATURES (the pitch-class histogram's 12 bins and scalar
-  metrics) standardized by `reference` (default: the set itself), so that
-  distances of different sets are in the same units.
-  """
-  x = _features(metrics, metrics if reference is None else reference)
-  if x.shape[0] < 2:
-    return float('nan')
-  i, j = np.triu_indices(x.shape[0], k=1)
-  return float(np.linalg.norm(x[i] - x[j], axis=1).mean())
-
-
-def diversity_ratio(samples: dict, reference: dict) -> float:
-  """diversity(samples) / diversity(reference), both in the reference's units.
-
-  About 1 for a generator as varied as the reference, 0 for identical samples;
-  NaN if either set has < 2 pieces or the reference has no spread.
-  """
-  ref_diversity = diversity(reference, reference)
-  if not ref_diversity > 0:
-    return float('nan')
-  return diversity(samples, reference) / ref_diversity
-
-
-def is_collapsed(samples: dict, reference: dict, threshold: float = COLLAPSE_RATIO) -> bool:
-  """Whether the samples are less than `threshold` times as varied as the reference.
-
-  COLLAPSE_RATIO = 0.25: the mean distance between two samples is under a
-  quarter of that between two reference pieces. False when undefined.
-  """
-  return bool(diversity_ratio(samples, reference) < threshold)

@@ -1,4 +1,7 @@
-"""Tests for bach_jax.metrics: hand-made rolls, music21 as the voice-leading oracle, sets."""
+"""Tests for bach_jax.metrics: hand-made rolls, music21 as the voice-leading oracle, sets.
+
+Through `metrics`, which re-exports bach_jax.voice_leading and bach_jax.set_compare.
+"""
 
 import functools
 import json
@@ -380,3 +383,13 @@ def test_speed_64_pieces_of_256_steps():
   assert np.isfinite(with_voices['parallel_fifths']).all()
   assert np.isfinite(from_roll['polyphony']).all()
   assert end - start < 10.0  # Sanity only; the measured time is printed.
+
+
+def test_metrics_re_exports_the_split_modules():
+  from bach_jax import set_compare, voice_leading  # pylint: disable=g-import-not-at-top
+  for name in ('summarize', 'compare', 'diversity', 'diversity_ratio', 'is_collapsed',
+               'overlap_and_kl', 'pair_distances', 'Z_CAP', 'COLLAPSE_RATIO'):
+    assert getattr(metrics, name) is getattr(set_compare, name), name
+  for name in ('voice_leading', 'voice_leading_counts', 'voices_from_roll', 'SOPRANO_LEAP',
+               'VOICE_RANGES', 'VOICE_LEADING_RATES'):
+    assert getattr(metrics, name) is getattr(voice_leading, name), name
