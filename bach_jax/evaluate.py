@@ -16,13 +16,17 @@ that chooses its best checkpoint.
 """
 
 import functools
+import json
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
+from bach_jax import metrics
 from bach_jax import parallel
 from bach_jax.data import pipeline
+from bach_jax.models.common import SampleRequest
 
 EVAL_SEED_OFFSET = 7919  # Evaluation's RNG stream: key(config.seed + this), one per batch.
 
@@ -57,9 +61,43 @@ def evaluate_pieces(eval_fn, family, config, params, pieces, mesh, num_voices=No
             for k in (outs[0] if outs else {'frames': 0})}
   caps = family.CAPABILITIES
   result = dict(family.summarize(config, totals))
+  if caps.likelihood == 'none':  # No likelihood: the samples' metrics against the pieces.
+    result.update(sample_distance(family, config, params, pieces))
+    if result['collapsed']:
+      result.setdefault('warnings', []).append(
+          f'mode collapse: the samples are {result["diversity_ratio"]:.3f} times as diverse '
+          'as the real pieces (pairwise distance of their metrics)')
   result.update(likelihood=caps.likelihood, select_by=caps.select_by, pieces=len(pieces),
                 seconds=time.perf_counter() - t0)
   return result
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_sample(family, config_json):
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  return jax.jit(functools.partial(family.sample, config))
+
+
+def sample_distance(family, config, params, pieces):
+  """The selection metric of a family without a likelihood.
+
+  config.train.eval_samples pieces of config.sample.num_steps frames (temperature 1,
+  a fixed key: the same params give the same number) against `pieces` cut to as
+  many frames: 'metric_distance' (set_compare.compare's mean absolute z-score of
+  the musical metrics, lower is better), 'diversity_ratio' and 'collapsed'.
+  """
+  from bach_jax import compare  # pylint: disable=g-import-not-at-top  (compare -> train)
+  n, steps = int(config.train.get('eval_samples', 64)), int(config.sample.num_steps)
+  request = SampleRequest(num_pieces=n, num_steps=steps)
+  out = jax.device_get(_jitted_sample(family, config.to_json())(
+      params, jax.random.key(config.seed + EVAL_SEED_OFFSET + 1), request))
+  spq = pieces[0].steps_per_quarter
+  rolls = np.asarray(out['roll'], bool)
+  mine = metrics.evaluate_set(rolls, np.full(n, rolls.shape[1]), spq)
+  mine.pop('voice_crossing', None)  # Voices guessed from frames never cross (compare.py).
+  cmp = metrics.compare(mine, compare.set_metrics(compare.cut_pieces(pieces, steps), spq))
+  return {'metric_distance': cmp['distance'], 'diversity_ratio': cmp['diversity_ratio'],
+          'collapsed': bool(cmp['collapsed'])}
 
 
 def scalars(result):

@@ -17,6 +17,8 @@ REGISTRY = {
     'lstm_attn': 'bach_jax.models.lstm_attn',
     'vae': 'bach_jax.models.vae',
     'vqvae': 'bach_jax.models.vqvae',
+    'vqvae_prior': 'bach_jax.models.vqvae_prior',
+    'gan': 'bach_jax.models.gan',
 }
 
 

@@ -47,7 +47,8 @@ def batch_stats(e, codes, mask, size):
 def init_stats(codebook):
   """Statistics that reproduce `codebook` (one vector per code so far)."""
   return {'count': jnp.ones(codebook.shape[:1], jnp.float32),
-          'sum': jnp.asarray(codebook, jnp.float32)}
+          'sum': jnp.array(codebook, jnp.float32, copy=True)}  # Not the param's buffer:
+  #   the state is donated to the step, and one buffer cannot be donated twice.
 
 
 def update_stats(stats, counts, sums, decay):

@@ -64,6 +64,9 @@ class Capabilities:
     voices: the model uses the corpus's voices; sampling on a corpus with another
       voice count is refused.
     latent: encode / decode exist (reconstruction, interpolation).
+    builds_on: '' or the family whose trained run this one starts from (its params
+      through train.init_from / init_from_into, e.g. a prior over a frozen VQ-VAE);
+      its configs set those keys, and the tests train the base family first.
   """
   likelihood: str
   select_by: str
@@ -71,6 +74,7 @@ class Capabilities:
   melody: bool = False
   voices: bool = False
   latent: bool = False
+  builds_on: str = ''
 
   def describe(self, metric=None):
     """'exact' / 'bound' / 'no likelihood' for a metric of the family's (default select_by)."""

@@ -222,7 +222,11 @@ def _greedy_roll(params, out):
 def eval_step(config, params, batch, rng=None):
   """Sums over whole pieces: decoder NLL, code counts, teacher-forced key accuracy."""
   del rng  # The encoder is deterministic.
-  out = autoencode(config, params, batch)
+  return eval_sums(config, params, autoencode(config, params, batch))
+
+
+def eval_sums(config, params, out):
+  """eval_step's sums from an autoencode() output (the codes' NLL: uniform prior)."""
   seg, pmask = out['seg'], out['pattern_mask']
   keys_right = jnp.sum(seg.roll == _greedy_roll(params, out), -1)
   return {'frames': jnp.sum(seg.mask), 'recon_sum': jnp.sum(out['nll'] * seg.mask),

@@ -1,0 +1,45 @@
+"""Stage 2 of the VQ-VAE (models/vqvae_prior.py): a prior over a trained stage 1's codes.
+
+Usage (stage 1 first; scripts/vqvae.sh runs both stages with one command):
+  --config=configs/vqvae_prior.py --config.train.init_from=STAGE1_WORKDIR
+  --config=configs/vqvae_prior.py:test --config.train.init_from=STAGE1_WORKDIR   (tiny)
+  --config=configs/vqvae_prior.py:jsb --config.train.init_from=STAGE1_WORKDIR
+
+The stage-1 run's params go under params['vqvae'] (train.init_from_into) and stay
+frozen (train.frozen: out of the optimizer); its model config is copied into
+config.model.vqvae. The data keys must match stage 1's run (same source and grid).
+"""
+
+from bach_jax import config_base
+
+import importlib.util
+import os
+
+
+def _stage1_config(arg):
+  """configs/vqvae.py's config for the same variant (its data and training sizes)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vqvae.py')
+  spec = importlib.util.spec_from_file_location('configs_vqvae', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg=''):
+  if arg not in ('', 'test', 'jsb'):
+    raise ValueError(f'configs/vqvae_prior.py: unknown variant {arg!r} (known: test, jsb)')
+  config = _stage1_config(arg)  # Data, grid and schedule as stage 1's variant.
+  m = config.model = config_base.base_config().model
+  m.name = 'vqvae_prior'  # Registry key (bach_jax/models/__init__.py).
+  m.prior_hidden = 256  # LSTM units per layer of the prior over codes.
+  m.prior_layers = 2
+  m.code_embed_dim = 64  # Embedding of the previous code (and of the start symbol).
+  m.prior_dropout_rate = 0.2
+  t = config.train
+  t.init_from = ''  # The stage-1 (vqvae) workdir: required.
+  t.init_from_into = 'vqvae'  # Its params become params['vqvae'] (and its model config
+  #   config.model.vqvae).
+  t.frozen = 'vqvae'  # Top-level params kept out of the optimizer.
+  if arg == 'test':
+    m.prior_hidden, m.code_embed_dim = 16, 8
+  return config
