@@ -2,25 +2,40 @@
 
 Every family's `sample(config, params, rng, request)` is one jitted lax.scan; this
 module turns config/CLI options into a SampleRequest (primer, harmonization
-melody, temperature, top-k, top-p), runs it and writes the files.
+melody, temperature, top-k, top-p), runs it and writes the files (through etils
+epath: a gs:// output folder works).
+
+Limits (docs/faults.md): a request whose output alone would not fit in the
+available memory is refused before it starts; one of LONG_SAMPLE_STEPS steps or
+more prints a line before (its size and an estimate from a short trial) and one
+after (its rate), since the family's one compiled loop reports nothing while it
+runs; the WAV of a piece longer than MAX_WAV_SECONDS is skipped with a one-line
+note (the .mid and .png hold the whole piece).
 """
 
+import dataclasses
 import functools
 import json
-import os
+import sys
+import time
 import wave
 
 import jax
 import ml_collections
 import numpy as np
+import pretty_midi
 
 from bach_jax import checkpoints
 from bach_jax import models
 from bach_jax import plotting
+from bach_jax import workdir as workdir_lib
 from bach_jax.data import pianoroll
 from bach_jax.models.common import SampleRequest
 
 SAMPLE_RATE = 22050
+MAX_WAV_SECONDS = 600.0  # Longer pieces get no .wav (16-bit mono: 26 MB at this length).
+LONG_SAMPLE_STEPS = 4096  # Requests of this many steps or more announce themselves.
+TRIAL_STEPS = 256  # The short run that estimates a long request's duration.
 
 
 class SampleError(ValueError):
@@ -34,10 +49,82 @@ def _jitted_sample(family, config_json):
   return jax.jit(functools.partial(family.sample, config))
 
 
-def sample(family, config, params, rng, request):
-  """Runs family.sample under jit -> dict of NumPy arrays ('roll' bool[N, T, 88], ...)."""
+def _note(msg):
+  """A one-line note on stderr (stdout carries the command's result)."""
+  if jax.process_index() == 0:
+    print(f'note: {msg}', file=sys.stderr, flush=True)
+
+
+def _available_memory():
+  """Bytes of host memory available (Linux MemAvailable), or None where unknown."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+def output_bytes(request, num_voices=0):
+  """Host bytes of a request's output: the roll (bool) and voices (int32) of every frame."""
+  primer = 0 if request.primer is None else np.shape(request.primer)[1]
+  return request.num_pieces * (primer + request.num_steps) * (88 + 4 * (num_voices or 0))
+
+
+def check_sample_size(request, num_voices=0):
+  """SampleError, before anything runs, when the output (times 4: device and host
+  copies and the conversions) would not fit in the available memory."""
+  need = 4 * output_bytes(request, num_voices)
+  available = _available_memory()
+  if available is not None and need > available:
+    raise SampleError(
+        f'config.sample.num_steps={request.num_steps}: {request.num_pieces} pieces of '
+        f'{request.num_steps} steps need about {checkpoints.format_bytes(need)} of memory '
+        f'({checkpoints.format_bytes(available)} available); sample fewer steps or pieces')
+
+
+def sample(family, config, params, rng, request, num_voices=0):
+  """Runs family.sample under jit -> dict of NumPy arrays ('roll' bool[N, T, 88], ...).
+
+  A request of LONG_SAMPLE_STEPS steps or more prints its size and an estimated
+  duration (from a TRIAL_STEPS-step run) before, and its rate after.
+  """
+  check_sample_size(request, num_voices)
   fn = _jitted_sample(family, config.to_json())
-  return jax.device_get(fn(params, rng, request))
+  long = request.num_steps >= LONG_SAMPLE_STEPS
+  if long:
+    _announce(fn, config, params, rng, request, num_voices)
+  t0 = time.perf_counter()
+  out = jax.device_get(fn(params, rng, request))
+  if long:
+    seconds = time.perf_counter() - t0
+    frames = request.num_pieces * request.num_steps
+    _note(f'sampled {request.num_pieces} x {request.num_steps:,} steps in {seconds:.1f} s '
+          f'({frames / max(seconds, 1e-9):,.0f} steps/s, compilation included)')
+  return out
+
+
+def _announce(fn, config, params, rng, request, num_voices):
+  """The line before a long request: its size, and its duration estimated from a trial."""
+  spq, qpm = config.data.steps_per_quarter, float(config.sample.qpm)
+  minutes = request.num_steps / spq / qpm
+  size = checkpoints.format_bytes(output_bytes(request, num_voices))
+  pieces = f'{request.num_pieces} piece' + ('s' if request.num_pieces != 1 else '')
+  _note(f'sampling {pieces} x {request.num_steps:,} steps '
+        f'({minutes:.0f} min of music each at {qpm:g} qpm; output {size}) in one compiled '
+        f'loop, which prints nothing until it ends; timing a {TRIAL_STEPS}-step trial...')
+  trial = dataclasses.replace(request, num_steps=TRIAL_STEPS)
+  if request.melody is not None:  # int[N, P + num_steps]: the trial's part of it.
+    primer = 0 if request.primer is None else np.shape(request.primer)[1]
+    trial = dataclasses.replace(trial, melody=np.asarray(request.melody)[:, :primer + TRIAL_STEPS])
+  jax.block_until_ready(fn(params, rng, trial))  # Compiles the trial's shape.
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(params, rng, trial))
+  per_step = (time.perf_counter() - t0) / TRIAL_STEPS
+  _note(f'estimate: about {per_step * request.num_steps:.0f} s after compiling '
+        '(longer if the model attends over the whole piece)')
 
 
 def load_primer(spec, steps_per_quarter, corpus=None, split='test', num_steps=0):
@@ -51,7 +138,7 @@ def load_primer(spec, steps_per_quarter, corpus=None, split='test', num_steps=0)
       raise SampleError(f'sample.primer={spec!r}: no such piece in the {split!r} split '
                         f'({len(corpus.splits[split])} pieces)') from None
   else:
-    if not os.path.exists(spec):
+    if not workdir_lib.as_path(spec).exists():
       raise SampleError(f'{spec}: primer file not found')
     try:
       piece = pianoroll.from_midi(spec, steps_per_quarter=steps_per_quarter)
@@ -107,12 +194,37 @@ def to_pianorolls(out, steps_per_quarter, voice_names=None):
   return pieces
 
 
+def render_audio(pm, fs=SAMPLE_RATE):
+  """PrettyMIDI -> float32 mono audio: pretty_midi's sine synthesizer (exponential decay,
+  0.1 s fade-out, velocity as gain; no soundfont), rendered note by note into one
+  buffer (pretty_midi's own keeps several float64 copies of the whole piece)."""
+  audio = np.zeros(int(fs * (pm.get_end_time() + 1)), np.float32)
+  fade = np.linspace(1, 0, int(0.1 * fs))
+  for inst in pm.instruments:
+    if inst.is_drum:
+      continue
+    for note in inst.notes:
+      a, b = int(fs * note.start), int(fs * note.end)
+      if b <= a:
+        continue
+      t = np.arange(b - a)
+      env = np.exp(-t / fs)
+      if env.size > fade.size:
+        env[-fade.size:] *= fade
+      else:
+        env *= np.linspace(1, 0, env.size)
+      freq = pretty_midi.note_number_to_hz(note.pitch)
+      audio[a:b] += (env * note.velocity * np.sin(2 * np.pi * freq / fs * t)).astype(np.float32)
+  return audio
+
+
 def write_wav(path, pm):
-  """Renders a PrettyMIDI with pretty_midi's sine synthesizer (no soundfont) as 16-bit WAV."""
-  audio = pm.synthesize(fs=SAMPLE_RATE)
-  peak = np.max(np.abs(audio)) if audio.size else 0.0
-  pcm = (audio / peak * 0.8 * 32767 if peak > 0 else audio).astype('<i2')
-  with wave.open(path, 'wb') as w:
+  """Renders a PrettyMIDI (render_audio) as 16-bit mono WAV at `path` (through epath)."""
+  audio = render_audio(pm)
+  peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+  pcm = (audio * (0.8 * 32767 / peak) if peak > 0 else audio).astype('<i2')
+  del audio
+  with workdir_lib.as_path(path).open('wb') as f, wave.open(f, 'wb') as w:
     w.setnchannels(1)
     w.setsampwidth(2)
     w.setframerate(SAMPLE_RATE)
@@ -120,18 +232,34 @@ def write_wav(path, pm):
 
 
 def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True):
-  """Writes PREFIX_i.mid, .png (and .wav) per piece -> list of .mid paths."""
-  os.makedirs(outdir, exist_ok=True)
-  paths = []
+  """Writes PREFIX_i.mid, .png (and .wav up to MAX_WAV_SECONDS) per piece -> .mid paths.
+
+  outdir: str or epath.Path (gs:// works). WorkdirError when outdir is not a
+  writable folder; WriteError naming the file when a write fails (disk full).
+  """
+  outdir = workdir_lib.prepare(outdir, what='output folder')
+  paths, too_long = [], []
   for i, piece in enumerate(pieces):
-    base = os.path.join(outdir, f'{prefix}_{i}')
-    pm = pianoroll.to_midi(piece, base + '.mid', qpm=qpm)
-    plotting.plot_pianoroll(base + '.png', piece.roll, piece.voices, piece.steps_per_quarter,
-                            title=os.path.basename(base),
-                            voice_names=piece.meta.get('voice_names'))
-    if wav:
-      write_wav(base + '.wav', pm)
-    paths.append(base + '.mid')
+    name = f'{prefix}_{i}'
+    t0 = time.perf_counter()
+    pm = pianoroll.to_midi(piece, qpm=qpm)
+    with workdir_lib.writing(outdir / f'{name}.mid') as path, path.open('wb') as f:
+      pm.write(f)
+    with workdir_lib.writing(outdir / f'{name}.png') as path:
+      plotting.plot_pianoroll(path, piece.roll, piece.voices, piece.steps_per_quarter,
+                              title=name, voice_names=piece.meta.get('voice_names'))
+    if wav and pm.get_end_time() > MAX_WAV_SECONDS:
+      too_long.append(name)
+    elif wav:
+      with workdir_lib.writing(outdir / f'{name}.wav') as path:
+        write_wav(path, pm)
+    paths.append(str(outdir / f'{name}.mid'))
+    if piece.roll.shape[0] >= LONG_SAMPLE_STEPS:  # pretty_midi writes ~3k steps/s.
+      _note(f'wrote {outdir / name}.* ({i + 1} of {len(pieces)}, '
+            f'{time.perf_counter() - t0:.0f} s)')
+  if too_long:
+    _note(f'no .wav for {", ".join(too_long)}: longer than {MAX_WAV_SECONDS:.0f} s of audio '
+          '(generate.MAX_WAV_SECONDS); the .mid and .png hold the whole piece')
   return paths
 
 
@@ -149,7 +277,7 @@ def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus
     melody = soprano_line(melody_piece)
   request = make_request(config, num_pieces=num_pieces, primer=primer, melody=melody,
                          num_voices=num_voices)
-  out = sample(family, config, params, rng, request)
+  out = sample(family, config, params, rng, request, num_voices)
   voice_names = None
   if num_voices == 4:
     voice_names = ['Soprano', 'Alto', 'Tenor', 'Bass']
@@ -200,7 +328,8 @@ class LoadedModel:
     if isinstance(melody, str):
       melody = soprano_line(load_primer(melody, self.steps_per_quarter))
     request = make_request(config, num_pieces, num_steps, primer, melody, self.num_voices)
-    out = sample(self.family, config, self.params, jax.random.key(seed), request)
+    out = sample(self.family, config, self.params, jax.random.key(seed), request,
+                 self.num_voices)
     return to_pianorolls(out, self.steps_per_quarter, self._voice_names())
 
   def score(self, pieces):
@@ -255,25 +384,20 @@ class LoadedModel:
     return write_pieces(pieces, outdir, prefix, qpm=self.config.sample.qpm, wav=wav)
 
 
-def load_model(workdir, step=None, best=True):
-  """Restores the best (or latest, or a given step's) checkpoint of a workdir."""
+def load_model(workdir, step=None, best=True, warn=None):
+  """Restores the best (or latest, or a given step's) checkpoint of a workdir.
+
+  Reads only (a read-only workdir works). A checkpoint that does not restore gets
+  a warning naming its path (on stderr, or through `warn`) and the next one is
+  used: an older best, then the latest ones, newest first.
+  """
   config = ml_collections.ConfigDict(checkpoints.read_config_dict(workdir))
   family = models.get_family(config.model.name)
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints, read_only=True)
   try:
-    mngr = ckpt.best if best and step is None and ckpt.best.best_step() is not None else ckpt.latest
-    step = step if step is not None else (mngr.best_step() if mngr is ckpt.best
-                                          else mngr.latest_step())
-    if step is None:
-      raise checkpoints.CheckpointError(f'{workdir}: no checkpoint to load')
-    if step not in mngr.all_steps():
-      raise checkpoints.CheckpointError(f'{workdir}: no checkpoint at step {step} '
-                                        f'(have {mngr.all_steps()})')
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    kw = {} if warn is None else {'warn': warn}
+    state, meta, step, _ = ckpt.load_for_inference(step, prefer_best=best, **kw)
   finally:
     ckpt.close()
-  state = restored['state']
   params = state.get('ema_params') or state['params']  # The average, where the run kept one.
-  return LoadedModel(config, family, params, step, restored['meta'])
+  return LoadedModel(config, family, params, step, meta)

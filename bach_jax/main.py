@@ -10,9 +10,19 @@ r"""bach_jax entry point.
 
 --mode=sample / evaluate on an existing workdir reuse its config.json, with any
 --config.KEY=VALUE overrides applied on top (e.g. a different data.source).
+
+Exit codes (docs/faults.md): 0 done; 1 a bug (traceback); 2 a user error (config
+key or file, workdir, checkpoint, sampling option: one line naming it); 3 a
+non-finite loss; 73 the workdir is locked by another live run; 74 a write failed
+(disk full: one line naming the path and the space needed); 75 interrupted by
+SIGTERM / Ctrl-C after saving a checkpoint (run the same command again to
+resume); 130 Ctrl-C in sample / evaluate, or a second one while training stops
+(stopped at once without saving; the checkpoints already written stand).
 """
 
+import difflib
 import json
+import logging as std_logging
 import os
 import sys
 
@@ -28,20 +38,43 @@ flags.DEFINE_enum('mode', 'train',
                   'What to do (reconstruct / interpolate: latent families only).')
 flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: best, else latest).')
 flags.DEFINE_string('outdir', None, 'Where sample / reconstruct / interpolate write '
-                    '(default: WORKDIR/samples).')
+                    '(default: WORKDIR/samples); another folder leaves the workdir '
+                    'untouched (read-only, or locked by a training run).')
+
+EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3
+EXIT_LOCKED = 73  # EX_CANTCREAT: another live process holds the workdir.
+EXIT_WRITE_FAILED = 74  # EX_IOERR: disk full or another write error.
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: interrupted after a checkpoint; run again to resume.
+EXIT_FORCED = 130  # A second Ctrl-C: stopped without saving.
+
+
+def _fail(message, code=EXIT_USER_ERROR):
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _flag_value(argv, name):
+  """The value of the last --NAME=V or --NAME V in argv (as absl takes it), or None."""
+  value = None
+  for i, a in enumerate(argv):
+    if a.startswith(f'--{name}='):
+      value = a.split('=', 1)[1]
+    elif a == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
 
 
 def _workdir_config_json(argv):
-  """Path of the workdir's config.json when --config is not given, else None."""
-  if any(a == '--config' or a.startswith('--config=') for a in argv):
+  """Path (epath) of the workdir's config.json when --config is not given, else None."""
+  from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if _flag_value(argv, 'config') is not None:
     return None
-  for i, a in enumerate(argv):
-    workdir = a.split('=', 1)[1] if a.startswith('--workdir=') else (
-        argv[i + 1] if a == '--workdir' and i + 1 < len(argv) else None)
-    if workdir:
-      path = os.path.join(workdir, 'config.json')
-      return path if os.path.exists(path) else None
-  return None
+  workdir = _flag_value(argv, 'workdir')
+  if not workdir:
+    return None
+  path = workdir_lib.as_path(workdir) / 'config.json'
+  return path if path.exists() else None
 
 
 def define_config_flag(argv):
@@ -52,12 +85,116 @@ def define_config_flag(argv):
     config_flags.DEFINE_config_file(
         'config', None, 'Config file, e.g. configs/lstm.py or configs/lstm.py:test.',
         lock_config=False)
-  else:
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    with open(path) as f:
-      config_flags.DEFINE_config_dict(
-          'config', ml_collections.ConfigDict(json.load(f)),
-          f'Defaults to {path}; override keys with --config.KEY=VALUE.', lock_config=False)
+    return
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  try:  # Not checkpoints.read_config_dict: no JAX before hostmem.tune_malloc has run.
+    config = json.loads(path.read_text())
+  except ValueError as e:
+    _fail(f'{path}: not valid JSON ({e})')
+  except OSError as e:
+    _fail(f'{path}: {e.strerror or e}')
+  if not isinstance(config, dict):
+    _fail(f'{path}: not a JSON object')
+  config = ml_collections.ConfigDict(config)
+  try:  # Parses the --config.KEY overrides of argv already.
+    config_flags.DEFINE_config_dict(
+        'config', config, f'Defaults to {path}; override keys with --config.KEY=VALUE.',
+        lock_config=False)
+  except (AttributeError, KeyError) as e:
+    _fail(_unknown_config_key(argv, config) or _flag_error_line(e, argv))
+
+
+def _config_keys(config, prefix=''):
+  """Every dotted key of a ConfigDict (sections and leaves)."""
+  keys = []
+  for k, v in config.items():
+    keys.append(prefix + k)
+    if hasattr(v, 'items'):
+      keys += _config_keys(v, f'{prefix}{k}.')
+  return keys
+
+
+def _unknown_config_key(argv, config):
+  """'--config.KEY: no such config key; did you mean ...?' for the first unknown
+  --config.KEY in argv, or None."""
+  keys = _config_keys(config)
+  for a in argv:
+    if not a.startswith(('--config.', '--noconfig.')):
+      continue
+    key = a.split('=', 1)[0].split('config.', 1)[1]
+    if key in keys:
+      continue
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    close += [k for k in keys if k.endswith('.' + key) and k not in close]
+    hint = f'; did you mean {" or ".join("config." + k for k in close[:3])}?' if close else ''
+    return f'--config.{key}: no such config key{hint}'
+  return None
+
+
+def _loaded_config(argv):
+  """The config --config.KEY overrides apply to (the file's, or the workdir's), or None."""
+  if 'config' not in FLAGS:
+    return None
+  flag = FLAGS['config']
+  for config in (flag.value, flag.default):
+    if hasattr(config, 'items'):
+      return config
+  spec = _flag_value(argv[1:], 'config')
+  try:
+    return flag.parser.parse(spec) if spec else None
+  except Exception:  # pylint: disable=broad-except  (reported by the caller's line)
+    return None
+
+
+def _flag_error_line(e, argv):
+  """One line for a flag parsing error (the config file's own error, not its traceback)."""
+  config = _loaded_config(argv) if isinstance(e, (AttributeError, KeyError)) else None
+  if hasattr(config, 'items'):
+    line = _unknown_config_key(argv, config)
+    if line:
+      return line
+  lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+  if not lines:
+    return type(e).__name__
+  if any(x.startswith('Traceback') for x in lines):  # The config file raised.
+    return f'{lines[0].rsplit(": Error whilst", 1)[0]}: {lines[-1]}'
+  return lines[0]
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with user mistakes as one line and exit 2: an unknown
+  --config.KEY (with the closest known keys), a config file that does not exist,
+  a config file's own error (e.g. an unknown variant), a bad flag value."""
+  spec = _flag_value(argv[1:], 'config')
+  if spec is not None:  # Config files are local Python files.
+    file = spec.split(':', 1)[0]
+    if not os.path.isfile(file):
+      _fail(f'--config={spec}: no such config file {file!r}')
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+    _fail(_flag_error_line(e, argv))
+
+
+def _from_orbax(record):
+  """Whether an asyncio log record is about an Orbax task (its message or traceback)."""
+  if '/orbax/' in record.getMessage():
+    return True
+  tb = record.exc_info[1].__traceback__ if record.exc_info and record.exc_info[1] else None
+  while tb is not None:
+    if '/orbax/' in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _quiet_orbax(record):
+  """A logging filter: Orbax's own log lines (a failed save logs dozens), and asyncio's
+  'exception was never retrieved' for its tasks, are left out; the errors they describe
+  are reported in one line. --verbosity shows them."""
+  if record.name == 'asyncio':
+    return not _from_orbax(record)
+  return 'orbax' not in record.pathname or record.levelno >= 50  # CRITICAL
 
 
 def main(argv):
@@ -66,47 +203,98 @@ def main(argv):
   if not any(a.startswith(('--verbosity', '-v=')) for a in sys.argv):
     # Orbax logs every save at INFO; progress lines are printed, so keep the log quiet.
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_logger().addFilter(_quiet_orbax)
+    std_logging.getLogger('asyncio').addFilter(_quiet_orbax)
   from bach_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.maybe_initialize_distributed()
   from bach_jax import checkpoints, config_base, generate, latent_ops, train  # pylint: disable=g-import-not-at-top
+  from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from bach_jax.data import corpora, pianoroll  # pylint: disable=g-import-not-at-top
   user_errors = (config_base.ConfigError, corpora.CorpusError, checkpoints.CheckpointError,
                  generate.SampleError, latent_ops.LatentError, pianoroll.MidiError,
-                 FileNotFoundError)
+                 workdir_lib.WorkdirError, FileNotFoundError)
   try:
-    _run(FLAGS.mode)
+    code = _run(FLAGS.mode)
+  except workdir_lib.WorkdirLocked as e:
+    _fail(e, EXIT_LOCKED)
   except user_errors as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(e)
   except train.NonFiniteLossError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(3)
+    _fail(e, EXIT_NONFINITE)
+  except workdir_lib.WriteError as e:
+    _fail(e, EXIT_WRITE_FAILED)
+  except OSError as e:  # Any other failed read or write: the file and the reason.
+    _fail(f'{e.filename or "?"}: {workdir_lib.describe_os_error(e)}', EXIT_WRITE_FAILED)
+  except KeyboardInterrupt:
+    _fail('interrupted by Ctrl-C: stopped at once, without saving (checkpoints already '
+          'written stand; run the same command again to resume)', EXIT_FORCED)
+  sys.exit(code)
 
 
 def _run(mode):
+  """Runs a mode -> exit code (0, or EXIT_INTERRUPTED)."""
   from bach_jax import train  # pylint: disable=g-import-not-at-top
   if mode == 'prepare':
     if FLAGS.config is None:
       raise app.UsageError('--mode=prepare needs --config')
     family, corpus, _ = train.setup(FLAGS.config)
     print(corpus.summary())
-    return
+    return 0
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
   if mode == 'train':
     if FLAGS.config is None:
       raise app.UsageError('--config is required for a new workdir')
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    print(json.dumps(result))
-    return
+    print(json.dumps(result), flush=True)
+    return EXIT_INTERRUPTED if 'interrupted_at' in result else 0
   _sample_or_evaluate(mode)
+  return 0
+
+
+def _output_folder(mode, workdir):
+  """(--outdir or WORKDIR/samples, whether that is inside the workdir); the workdir
+  must then be writable (else one line pointing at --outdir)."""
+  from bach_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  outdir = workdir_lib.as_path(FLAGS.outdir) if FLAGS.outdir else workdir / 'samples'
+  inside = str(outdir) == str(workdir) or str(outdir).startswith(str(workdir).rstrip('/') + '/')
+  if inside:
+    checkpoints.read_config_dict(workdir)  # Is it a workdir at all? (else: one line)
+    try:
+      workdir_lib.prepare(workdir)
+    except workdir_lib.WorkdirError as e:
+      raise workdir_lib.WorkdirError(f'{e}; --mode={mode} writes into {outdir}: give '
+                                     '--outdir=DIR to write elsewhere') from None
+  return outdir, inside
 
 
 def _sample_or_evaluate(mode):
+  """evaluate (reads only), or sample / reconstruct / interpolate: these hold the
+  workdir's lock while they write into it (not with --outdir elsewhere)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir = workdir_lib.as_path(FLAGS.workdir)
+  if mode == 'evaluate':
+    _load_and_run(mode, workdir, None)
+    return
+  outdir, inside = _output_folder(mode, workdir)
+  lock = workdir_lib.lock(workdir, mode, enabled=inside and jax.process_index() == 0)
+  try:
+    lock.__enter__()
+  except workdir_lib.WorkdirLocked as e:
+    raise workdir_lib.WorkdirLocked(f'{e}; or give --outdir=DIR to write elsewhere') from None
+  try:
+    _load_and_run(mode, workdir, outdir)
+  finally:
+    lock.__exit__(None, None, None)
+
+
+def _load_and_run(mode, workdir, outdir):
   import jax  # pylint: disable=g-import-not-at-top
   from bach_jax import evaluate, generate, train  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
-  model = generate.load_model(FLAGS.workdir, step=FLAGS.step)
+  model = generate.load_model(workdir, step=FLAGS.step)
   if config is None:
     config = model.config
   model.config = config
@@ -123,12 +311,13 @@ def _sample_or_evaluate(mode):
     result.update(split=split, step=model.step, source=config.data.source)
     print(json.dumps(result))
     return
-  outdir = FLAGS.outdir or os.path.join(FLAGS.workdir, 'samples')
+  from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.prepare(outdir, what='output folder')
   if mode in ('reconstruct', 'interpolate'):
     from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     run = (latent_ops.reconstruct_to_files if mode == 'reconstruct'
            else latent_ops.interpolate_to_files)
-    print(json.dumps(run(model, corpus, outdir)))
+    print(json.dumps(run(model, corpus, str(outdir))))
     return
   paths = generate.sample_to_files(family, config, model.params,
                                    jax.random.key(config.seed + 12345), outdir, corpus=corpus,
@@ -140,4 +329,4 @@ if __name__ == '__main__':
   from bach_jax import hostmem  # pylint: disable=g-import-not-at-top
   hostmem.tune_malloc()  # First: before JAX or anything else starts threads.
   define_config_flag(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

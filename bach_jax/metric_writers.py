@@ -1,31 +1,80 @@
 """Metric writing and progress lines. Only process 0 writes (multi-host safe).
 
 metrics.jsonl: one JSON object per line, {"step": int, "<name>": float, ...}.
-TensorBoard: event files via tensorboardX (no TensorFlow dependency).
+A resumed run first moves the rows of steps after its checkpoint (written
+before a crash, about to be re-run) to metrics.superseded.jsonl
+(`drop_rows_after`), so the file holds one history; `read_metrics` also takes
+the last value per (step, name) and skips a line torn by a crash, so files
+written by older versions read right too.
+TensorBoard: event files via tensorboardX (no TensorFlow dependency); a resumed
+run sets purge_step, so TensorBoard drops the re-run steps' older events.
+Every path goes through etils epath: a gs:// workdir works for metrics.jsonl
+(rewritten at each flush there: object stores cannot append); TensorBoard on
+gs:// needs `pip install google-cloud-storage` and is skipped with a note without it.
 """
 
 import json
 import math
-import os
+import sys
 import time
 
 import jax
 
+from bach_jax import workdir as workdir_lib
+
+METRICS = 'metrics.jsonl'
+SUPERSEDED = 'metrics.superseded.jsonl'
+
+
+class _Rewriter:
+  """Append for object stores (no append there): the whole file is rewritten at flush."""
+
+  def __init__(self, path):
+    self.path = path
+    self._text = path.read_text() if path.exists() else ''
+    self._new = []
+
+  def write(self, text):
+    self._new.append(text)
+
+  def flush(self):
+    if self._new:
+      self._text += ''.join(self._new)
+      self._new = []
+      self.path.write_text(self._text)
+
+  def close(self):
+    self.flush()
+
+
+def _open_append(path):
+  return path.open('a') if workdir_lib.is_local(path) else _Rewriter(path)
+
 
 class MetricWriter:
-  """Appends scalars to workdir/metrics.jsonl and TensorBoard event files."""
+  """Appends scalars to workdir/metrics.jsonl and TensorBoard event files.
 
-  def __init__(self, workdir, tensorboard=True):
+  purge_step: a resumed run's first new step (TensorBoard discards older events
+  from that step on). An OSError while writing becomes workdir.WriteError naming
+  the file.
+  """
+
+  def __init__(self, workdir, tensorboard=True, purge_step=None):
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    workdir = workdir_lib.as_path(workdir)
+    self.path = workdir / METRICS
+    with self._errors():
+      workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = _open_append(self.path)
     if tensorboard:
-      from tensorboardX import SummaryWriter  # Lazy: import cost only when training.
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = _summary_writer(workdir / 'tensorboard', purge_step)
+
+  def _errors(self):
+    return workdir_lib.writing(self.path)
 
   def write(self, step, scalars, tensorboard=True):
     """scalars: name -> number (or a list of numbers: metrics.jsonl only).
@@ -36,7 +85,8 @@ class MetricWriter:
       return
     record = {'step': int(step)}
     record.update({k: _json_value(v) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
+    with self._errors():
+      self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
     if tensorboard and self._tb is not None:
       for k, v in record.items():
         if k != 'step' and isinstance(v, float):
@@ -44,16 +94,34 @@ class MetricWriter:
 
   def flush(self):
     if self._jsonl:
-      self._jsonl.flush()
+      with self._errors():
+        self._jsonl.flush()
     if self._tb:
       self._tb.flush()
 
   def close(self):
-    self.flush()
-    if self._jsonl:
-      self._jsonl.close()
-    if self._tb:
-      self._tb.close()
+    """Flushes and closes; closes everything even when the flush fails."""
+    jsonl, tb, self._jsonl, self._tb = self._jsonl, self._tb, None, None
+    try:
+      if jsonl:
+        with self._errors():
+          jsonl.close()
+    finally:
+      if tb:
+        tb.close()
+
+
+def _summary_writer(logdir, purge_step):
+  """A tensorboardX SummaryWriter, or None with a one-line note where it cannot write."""
+  try:
+    if str(logdir).startswith('gs://'):  # tensorboardX writes gs:// with this package only.
+      import google.cloud.storage  # pylint: disable=g-import-not-at-top,unused-import
+    from tensorboardX import SummaryWriter  # Lazy: import cost only when training.
+    return SummaryWriter(str(logdir), purge_step=purge_step)
+  except (ImportError, OSError) as e:
+    print(f'note: TensorBoard events not written to {logdir} ({e}); metrics.jsonl has '
+          'every scalar', file=sys.stderr, flush=True)
+    return None
 
 
 def _json_value(v):
@@ -64,13 +132,64 @@ def _json_value(v):
   return v if math.isfinite(v) else None
 
 
+def _parse_rows(text):
+  """[(line, dict or None)]: None for a line that is not a JSON object with a step."""
+  rows = []
+  for line in text.splitlines():
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      row = None
+    rows.append((line, row if isinstance(row, dict) and 'step' in row else None))
+  return rows
+
+
 def read_metrics(workdir):
-  """-> list of dicts from workdir/metrics.jsonl (empty if none)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  """-> list of dicts from workdir/metrics.jsonl (empty if none), in file order.
+
+  The last value written for a (step, name) wins: rows re-written by a re-run
+  supersede the older ones. Lines torn by a crash are skipped.
+  """
+  path = workdir_lib.as_path(workdir) / METRICS
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  rows = [row for _, row in _parse_rows(path.read_text()) if row is not None]
+  last = {}
+  for i, row in enumerate(rows):
+    for k in row:
+      last[(row['step'], k)] = i
+  out = []
+  for i, row in enumerate(rows):
+    kept = {k: v for k, v in row.items() if k == 'step' or last[(row['step'], k)] == i}
+    if len(kept) > 1:
+      out.append(kept)
+  return out
+
+
+def drop_rows_after(workdir, step):
+  """A resuming run (process 0): moves the rows of steps after `step` (and lines torn
+  by a crash) from metrics.jsonl to metrics.superseded.jsonl -> how many moved."""
+  if jax.process_index() != 0:
+    return 0
+  workdir = workdir_lib.as_path(workdir)
+  path = workdir / METRICS
+  if not path.exists():
+    return 0
+  keep, drop = [], []
+  for line, row in _parse_rows(path.read_text()):
+    (keep if row is not None and row['step'] <= step else drop).append(line)
+  if not drop:
+    return 0
+  with workdir_lib.writing(workdir / SUPERSEDED):
+    old = (workdir / SUPERSEDED).read_text() if (workdir / SUPERSEDED).exists() else ''
+    (workdir / SUPERSEDED).write_text(old + ''.join(line + '\n' for line in drop))
+  with workdir_lib.writing(path):
+    tmp = workdir / (METRICS + '.tmp')
+    tmp.write_text(''.join(line + '\n' for line in keep))
+    tmp.replace(path)
+  return len(drop)
 
 
 class Progress:

@@ -1,10 +1,16 @@
-"""Piano-roll and curve PNGs (matplotlib, Agg backend: no display needed)."""
+"""Piano-roll and curve PNGs (matplotlib, Agg backend: no display needed).
+
+`path`: a str, os.PathLike or etils epath.Path (a gs:// path works), or an open
+binary file.
+"""
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+
+from bach_jax import workdir as workdir_lib
 
 LOWEST_PITCH = 21
 VOICE_COLORS = ('tab:red', 'tab:blue', 'tab:green', 'tab:purple', 'tab:orange', 'tab:brown')
@@ -35,6 +41,18 @@ def _draw_pianoroll(ax, roll, voices, steps_per_quarter, title, voice_names):
   ax.set_title(title)
 
 
+def _savefig(fig, path):
+  """Writes a figure as PNG to a path (through epath) or an open binary file; closes it."""
+  try:
+    if hasattr(path, 'write'):
+      fig.savefig(path, format='png')
+    else:
+      with workdir_lib.as_path(path).open('wb') as f:
+        fig.savefig(f, format='png')
+  finally:
+    plt.close(fig)
+
+
 def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title='', voice_names=None):
   """Writes a piano-roll PNG. roll: bool[T, 88]; voices: int[T, V] (REST -1) colours voices."""
   t = np.asarray(roll).shape[0]
@@ -42,8 +60,7 @@ def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title='', voice
   _draw_pianoroll(ax, roll, voices, steps_per_quarter, title, voice_names)
   ax.set_xlabel(f'step ({steps_per_quarter} per quarter; lines every 4 quarters)')
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  _savefig(fig, path)
 
 
 def plot_pianoroll_rows(path, pieces, titles, steps_per_quarter=4):
@@ -59,8 +76,7 @@ def plot_pianoroll_rows(path, pieces, titles, steps_per_quarter=4):
     ax.set_xlim(0, t)
   axes[-1, 0].set_xlabel(f'step ({steps_per_quarter} per quarter; lines every 4 quarters)')
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  _savefig(fig, path)
 
 
 def plot_curves(path, records, keys):
@@ -76,5 +92,4 @@ def plot_curves(path, records, keys):
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  _savefig(fig, path)

@@ -20,11 +20,6 @@ from bach_jax.models import lstm
 from train_helpers import REPO, load_config
 
 
-@pytest.fixture(scope='session')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('corpus_cache'))
-
-
 def tiny(cache_dir, **overrides):
   return load_config('lstm', 'test', **{'data.cache_dir': cache_dir, **overrides})
 
