@@ -68,6 +68,13 @@ def base_config():
   train.eval_split = 'valid'
   train.num_final_samples = 4  # Pieces written to samples/ at the end (0 = none).
   train.halt_on_nan = True
+  train.init_from = ''  # WORKDIR or WORKDIR:STEP: start from that run's params (its best
+  #   checkpoint, else latest; its average if it kept one) with a fresh optimizer, e.g. to
+  #   fine-tune on data.source='midi_dir:PATH'. Shapes must match (bach_jax/finetune.py).
+  train.init_from_into = ''  # '' or a top-level key of this model's params that init_from's
+  #   params become (its model config is copied into config.model.<key>): a model built on
+  #   a trained one, e.g. configs/vqvae_prior.py.
+  train.frozen = ''  # Comma-separated top-level params kept out of the optimizer (frozen).
 
   sample = config.sample = ml_collections.ConfigDict()
   sample.num_pieces = 4
@@ -122,6 +129,8 @@ def validate(config, device_count=1):
   _require(t.log_every > 0, 'train.log_every', 'must be > 0')
   _require(t.checkpoint_every > 0, 'train.checkpoint_every', 'must be > 0')
   _require(t.keep_checkpoints >= 1, 'train.keep_checkpoints', 'must be >= 1')
+  _require(isinstance(t.get('init_from', ''), str), 'train.init_from',
+           f"must be '' or a workdir ('WORKDIR' or 'WORKDIR:STEP'), got {t.get('init_from')!r}")
   _require(t.eval_split in ('train', 'valid', 'test'), 'train.eval_split',
            'must be train, valid or test')
   _require(s.split in ('train', 'valid', 'test'), 'sample.split', 'must be train, valid or test')

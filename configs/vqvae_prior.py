@@ -35,6 +35,7 @@ def get_config(arg=''):
   m.prior_layers = 2
   m.code_embed_dim = 64  # Embedding of the previous code (and of the start symbol).
   m.prior_dropout_rate = 0.2
+  m.dtype = 'float32'  # The prior's LSTM matmul input dtype (stage 1 keeps its own).
   t = config.train
   t.init_from = ''  # The stage-1 (vqvae) workdir: required.
   t.init_from_into = 'vqvae'  # Its params become params['vqvae'] (and its model config

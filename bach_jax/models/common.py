@@ -44,7 +44,13 @@ def make_optimizer(train_config):
   if t.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(t.grad_clip_norm))
   chain.append(optax.adamw(schedule, weight_decay=t.weight_decay))
-  return optax.chain(*chain)
+  tx = optax.chain(*chain)
+  frozen = [k for k in str(t.get('frozen', '')).split(',') if k]
+  if not frozen:
+    return tx
+  # train.frozen: those top-level params get no update and no optimizer state.
+  labels = lambda params: {k: 'frozen' if k in frozen else 'trained' for k in params}
+  return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)
 
 
 def create_state(params, train_config, model_state=None):

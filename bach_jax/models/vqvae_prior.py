@@ -44,6 +44,8 @@ def validate(config):
   for key in ('prior_hidden', 'prior_layers', 'code_embed_dim'):
     heads.require(int(m[key]) >= 1, key, f'must be >= 1, got {m[key]!r}')
   heads.require(0 <= m.prior_dropout_rate < 1, 'prior_dropout_rate', 'must be in [0, 1)')
+  heads.require(m.dtype in ('float32', 'bfloat16'), 'dtype',
+                f"must be 'float32' or 'bfloat16', got {m.dtype!r}")
   vqvae.validate(stage1_config(config))
 
 
@@ -60,10 +62,11 @@ class CodePrior(nn.Module):
   hidden: int = 256
   layers: int = 2
   dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     self.embed = nn.Embed(self.codebook_size + 1, self.embed_dim)  # + the start symbol.
-    self.lstm = LSTMStack(self.hidden, self.layers, self.dropout_rate)
+    self.lstm = LSTMStack(self.hidden, self.layers, self.dropout_rate, self.dtype)
     self.out = nn.Dense(self.codebook_size)
 
   def __call__(self, codes, deterministic=True):
@@ -81,7 +84,7 @@ class CodePrior(nn.Module):
 def make_prior(config):
   m = config.model
   return CodePrior(m.vqvae.codebook_size, m.code_embed_dim, m.prior_hidden, m.prior_layers,
-                   m.prior_dropout_rate)
+                   m.prior_dropout_rate, jnp.dtype(m.dtype))
 
 
 def code_nll(config, params, codes, rng=None):

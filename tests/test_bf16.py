@@ -1,0 +1,70 @@
+"""model.dtype='bfloat16' in every registered family: the step's matmuls take bfloat16
+inputs and accumulate in float32, the params stay float32, and a short run trains (CPU,
+the family's ':test' config on the chorales): its loss falls, or for a family without a
+likelihood (CAPABILITIES.likelihood 'none', e.g. an adversarial pair whose loss is a
+critic's estimate, not expected to fall) its losses stay finite and each of its top-level
+modules learns."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from bach_jax import models
+from bach_jax import parallel
+from bach_jax import train
+from bach_jax.data import pipeline
+from train_helpers import load_config
+
+NUM_STEPS = 30
+# A dot_general of the lowered step: '(tensor<..xA>, tensor<..xB>) -> tensor<..xC>'.
+DOT = re.compile(r'stablehlo\.dot_general.*:\s*\(tensor<[^>]*x(\w+)>, tensor<[^>]*x(\w+)>\)\s*'
+                 r'->\s*tensor<[^>]*x(\w+)>')
+
+
+@pytest.mark.parametrize('name', sorted(models.REGISTRY))
+def test_bfloat16_run_trains(name):
+  config = load_config(name, 'test', **{'train.num_steps': NUM_STEPS})
+  assert 'dtype' in config.model, f'configs/{name}.py: no model.dtype key'
+  config.model.dtype = 'bfloat16'
+  family, corpus, mesh = train.setup(config)
+  batches = pipeline.BatchIterator(
+      corpus.splits['train'], batch_size=config.train.batch_size,
+      window_steps=config.data.window_steps, hop_steps=config.data.hop_steps, seed=0,
+      pad_start=config.data.pad_start, num_voices=corpus.num_voices,
+      pad_short=config.data.get('pad_short', False))
+  state = jax.jit(lambda rng, batch: family.init(config, rng, batch),
+                  out_shardings=parallel.replicated(mesh))(
+                      jax.random.key(0), train.example_batch(config, corpus.num_voices))
+  step = train.make_train_step(family, config, mesh)
+  batch = parallel.to_global(next(batches), mesh)
+
+  lowered = step.lower(state, batch, jax.random.key(1))
+  dots = DOT.findall(lowered.as_text())
+  bf16 = [d for d in dots if d[:2] == ('bf16', 'bf16')]
+  assert bf16, f'{name}: no bfloat16 matmul in the train step ({sorted(set(dots))})'
+  assert all(out == 'f32' for _, _, out in bf16), f'{name}: bf16 matmuls must accumulate in f32'
+  assert {str(p.dtype) for p in jax.tree.leaves(state.params)} == {'float32'}
+
+  step = lowered.compile()  # Traced once, compiled once.
+  before = jax.device_get(state.params)
+  losses = []
+  for _ in range(NUM_STEPS):
+    state, metrics = step(state, batch, jax.random.key(1))
+    losses.append(float(metrics['loss']))
+    batch = parallel.to_global(next(batches), mesh)
+  assert np.all(np.isfinite(losses)), losses
+  first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+  print(f'{name} bfloat16: loss {first:.3f} (steps 1-5) -> {last:.3f} (steps '
+        f'{NUM_STEPS - 4}-{NUM_STEPS}); {len(bf16)} of {len(dots)} matmuls in bf16')
+  if family.CAPABILITIES.likelihood == 'none':  # Each top-level module learns (a leaf may
+    #   not: e.g. a critic's output bias cancels out of a Wasserstein loss).
+    after = jax.device_get(state.params)
+    moved = {k: any(np.any(a != b) for a, b in zip(jax.tree.leaves(before[k]),
+                                                   jax.tree.leaves(after[k])))
+             for k in before}
+    assert all(moved.values()), (name, moved)
+  else:
+    assert last < 0.9 * first, (name, losses)
+  assert {str(p.dtype) for p in jax.tree.leaves(state.params)} == {'float32'}
