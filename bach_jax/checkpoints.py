@@ -38,6 +38,14 @@ def _score(metrics):
   return None if value is None else float(value)
 
 
+def _local_target(state_path):
+  """ShapeDtypeStructs of a saved state on this process's first device, from its metadata."""
+  meta = ocp.StandardCheckpointHandler().metadata(state_path)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                      getattr(meta, 'tree', meta))
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint is missing or does not match; the message names the path."""
 
@@ -295,10 +303,14 @@ class Checkpointer:
     return self._restore(step, best, abstract_state)
 
   def _restore(self, step, best, abstract_state):
-    args = {'state': ocp.args.StandardRestore(abstract_state), 'meta': ocp.args.JsonRestore()}
+    args = {'meta': ocp.args.JsonRestore()}
     if abstract_state is not None:
       args['data'] = ocp.args.JsonRestore()
     try:
+      # For inference (no abstract state) the arrays come onto this process's first
+      # device, whatever mesh and process count saved them (a slice's run on a laptop).
+      target = abstract_state or _local_target(self.path(step, best) / 'state')
+      args['state'] = ocp.args.StandardRestore(target)
       restored = self._manager(best).restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # pylint: disable=broad-except  (TensorStore, JSON, pytree errors)
       if abstract_state is not None:

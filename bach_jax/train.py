@@ -39,6 +39,11 @@ class _StopRequest:
   """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and exits cleanly.
 
   A second Ctrl-C interrupts at once (KeyboardInterrupt), in case saving hangs.
+  With several processes no handler is installed: SIGTERM is left to jax's
+  preemption handler, so that the processes agree on the step they stop at
+  (Orbax's reached_preemption, checked in the loop); a handler of ours would
+  replace jax's and let each process stop at a different step, each then waiting
+  for the others forever. Ctrl-C there ends the processes (no checkpoint).
   """
 
   def __init__(self):
@@ -47,7 +52,7 @@ class _StopRequest:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():  # signal() needs it.
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      for sig in (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else ():
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 

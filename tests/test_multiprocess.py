@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from bach_jax import finetune
+from bach_jax import generate
 from bach_jax import metric_writers
 from bach_jax import parallel
 from bach_jax import train
@@ -167,6 +168,12 @@ def test_two_processes_train_resume_and_hand_over_to_one(reference, tmp_path):
   outs, written, _ = run_two_processes(tmp_path, workdir, _flags(20), 'second')
   assert f'resumed from {workdir}/checkpoints/10' in outs[0]
   assert written[1] == [], written[1]
+  # A model the two processes saved loads and samples in one process (a slice's run on
+  # a laptop), with no warning that it is damaged.
+  warnings = []
+  model = generate.load_model(workdir, best=False, warn=warnings.append)
+  assert model.step == 20 and not warnings, warnings
+  assert model.sample(num_pieces=1, num_steps=8)[0].roll.shape == (8, 88)
 
   # Steps 21-30: one process (this one) resumes from the 2-process checkpoint.
   result = train.train_and_evaluate(
