@@ -343,7 +343,20 @@ class LoadedModel:
     mesh = parallel.make_mesh()
     fn = evaluate.make_eval_fn(self.family, self.config, mesh)
     return evaluate.evaluate_pieces(fn, self.family, self.config, self.params, pieces, mesh,
-                                    self.num_voices)
+                                    self._voices_for(pieces))
+
+  def _voices_for(self, pieces):
+    """The voice count to batch `pieces` with: the model's where it reads voices, else
+    None (a roll model scores any pieces). SampleError when it needs voices they lack."""
+    uses = self.family.CAPABILITIES.voices and self.config.model.get('num_voices', 0) != 0
+    if not (uses and self.num_voices):
+      return None
+    lacking = [p.meta.get('file', i) for i, p in enumerate(pieces)
+               if p.voices is None or p.voices.shape[1] != self.num_voices]
+    if lacking:
+      raise SampleError(f'this model reads {self.num_voices} voices; piece {lacking[0]!r} '
+                        f'has {"none" if pieces[0].voices is None else "other voices"}')
+    return self.num_voices
 
   # Latent families (CAPABILITIES.latent); the others raise latent_ops.LatentError.
 
@@ -351,7 +364,7 @@ class LoadedModel:
     """-> list (one per piece) of its latents [segments, ...] (the VAE: posterior means)."""
     from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     return latent_ops.encode_pieces(self.family, self.config, self.params, pieces,
-                                    self.num_voices)
+                                    self._voices_for(pieces))
 
   def decode(self, z, num_steps=None, greedy=True, temperature=1.0, seed=0):
     """Latents [N, segments, ...] -> list of PianoRoll (greedy: the most likely output)."""
@@ -365,7 +378,7 @@ class LoadedModel:
     """Encode, then decode greedily -> (list of PianoRoll, accuracy stats dict)."""
     from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     return latent_ops.reconstruct(self.family, self.config, self.params, pieces,
-                                  self.num_voices, self._voice_names())
+                                  self._voices_for(pieces), self._voice_names())
 
   def interpolate(self, piece_a, piece_b, num_points=5):
     """num_points pieces decoded along the path from piece_a's latents to piece_b's
@@ -375,7 +388,7 @@ class LoadedModel:
     a, b = (load_primer(p, self.steps_per_quarter) if isinstance(p, str) else p
             for p in (piece_a, piece_b))
     return latent_ops.interpolate(self.family, self.config, self.params, a, b, num_points,
-                                  self.num_voices, self._voice_names())
+                                  self._voices_for([a, b]), self._voice_names())
 
   def _voice_names(self):
     return ['Soprano', 'Alto', 'Tenor', 'Bass'] if self.num_voices == 4 else None

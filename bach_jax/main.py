@@ -309,6 +309,9 @@ def _load_and_run(mode, workdir, outdir):
     result = evaluate.evaluate_pieces(fn, family, config, model.params, corpus.splits[split],
                                       mesh, corpus.num_voices)
     result.update(split=split, step=model.step, source=config.data.source)
+    from bach_jax import compare  # pylint: disable=g-import-not-at-top
+    # The samples' musical metrics against held-out Bach (progress lines on stderr).
+    result['sample_metrics'] = compare.sample_metric_summary(model, corpus, seed=config.seed)
     print(json.dumps(result))
     return
   from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
