@@ -7,7 +7,9 @@
 # Families: every name of bach_jax.models.REGISTRY that has a configs/<name>.py (a registered
 # family without one is named and skipped), so a new family joins by itself. Each is trained
 # with `python -m bach_jax.main --config=configs/<name>.py` into $RUNS/<name>, then
-# `python -m bach_jax.compare` compares them all with held-out Bach into $OUT.
+# `python -m bach_jax.compare` compares them all with held-out Bach into $OUT. A family that
+# builds on another one's run (CAPABILITIES.builds_on, e.g. vqvae_prior on vqvae) is trained
+# after it, with --config.train.init_from=$RUNS/<base>.
 #
 # Cost of the full runs: hours on a CPU. On a 2-core machine the LSTM (3000 steps) and the
 # LSTM+attention model (3000 steps) take about 15-20 min each (README), the VAE longer; the
@@ -91,6 +93,11 @@ sys.exit(0 if done >= last else 1)
 EOF
 }
 
+base_of() {  # The family whose run family $1 starts from ('' for none).
+  "$PYTHON" -c 'import sys; from bach_jax import models
+print(models.get_family(sys.argv[1]).CAPABILITIES.builds_on)' "$1"
+}
+
 mkdir -p "$RUNS"
 START=$SECONDS
 RUN_ARGS=()
@@ -105,8 +112,17 @@ for i in "${!NAMES[@]}"; do
   echo "== [$((i + 1))/${#NAMES[@]}] training $name -> $workdir" \
        "($((SECONDS - START)) s since the start)"
   t0=$SECONDS
+  base=$(base_of "$name")
+  EXTRA=()
+  if [[ -n "$base" ]]; then
+    if [[ ! " ${NAMES[*]:0:$i} " == *" $base "* ]]; then
+      echo "compare_all: $name builds on $base, which is not trained before it" >&2
+      exit 2
+    fi
+    EXTRA=(--config.train.init_from="$RUNS/$base")
+  fi
   "$PYTHON" -m bach_jax.main --config="configs/$name.py$VARIANT" --workdir="$workdir" \
-      ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
+      ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
   echo "== $name trained in $((SECONDS - t0)) s"
 done
 
