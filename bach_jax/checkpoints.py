@@ -7,9 +7,10 @@ Layout in the workdir:
                                           the frame NLL, or a bound on it), lower is better
   damaged/<dir>-<step>/                   a checkpoint that no longer restores, moved
                                           aside by a resuming run (kept, never deleted)
-  config.json                             the run's config (also inside every step's `meta`)
+  config.json                             the run's config
 Each step holds the TrainState, the data-iterator state (so a resume continues
-with exactly the same batches) and small JSON metadata (config, metrics).
+with exactly the same batches) and small JSON metadata: step, select_by,
+valid_score, num_voices, steps_per_quarter.
 
 Faults (docs/faults.md): a checkpoint that fails to restore (truncated array
 file, empty or missing _METADATA, missing manifest) is reported in one line

@@ -52,22 +52,24 @@ def base_config():
 
   train = config.train = ml_collections.ConfigDict()
   train.batch_size = 64  # Global batch (all hosts); must divide by the device count.
-  train.num_steps = 5000
-  train.learning_rate = 1e-3
+  train.num_steps = 5000  # Training steps (optimizer updates; the GAN: generator updates).
+  train.learning_rate = 1e-3  # Peak learning rate (after warmup).
   train.warmup_steps = 100  # Linear ramp from 0 over this many steps; 0 = full rate at once.
   train.lr_schedule = 'cosine'  # 'cosine' | 'constant' (after warmup).
   train.grad_clip_norm = 1.0  # 0 = off.
-  train.weight_decay = 0.0
+  train.weight_decay = 0.0  # AdamW's decoupled weight decay.
   train.ema_decay = 0.0  # > 0: keep an exponential moving average of the params (e.g.
   #   0.999) and use it for evaluation, the best checkpoint and sampling.
   train.log_every = 50  # Steps between progress lines / metric writes.
   train.eval_every = 500  # Steps between valid-split evaluations (0 = only at end).
   train.checkpoint_every = 500  # Steps between checkpoints.
-  train.keep_checkpoints = 3  # Latest N kept, plus the best by valid NLL.
+  train.keep_checkpoints = 3  # Latest N kept, plus the best by the family's selection metric
+  #   on valid (its frame NLL, a bound on it, or its samples' metric distance).
   train.eval_batch_size = 32  # Whole pieces per eval batch.
-  train.eval_split = 'valid'
+  train.eval_split = 'valid'  # Split evaluated during training (the best checkpoint: valid).
   train.num_final_samples = 4  # Pieces written to samples/ at the end (0 = none).
-  train.halt_on_nan = True
+  train.halt_on_nan = True  # Stop at a non-finite training metric (False: warn and go on
+  #   while the params stay finite).
   train.init_from = ''  # WORKDIR or WORKDIR:STEP: start from that run's params (its best
   #   checkpoint, else latest; its average if it kept one) with a fresh optimizer, e.g. to
   #   fine-tune on data.source='midi_dir:PATH'. Shapes must match (bach_jax/finetune.py).
@@ -77,9 +79,9 @@ def base_config():
   train.frozen = ''  # Comma-separated top-level params kept out of the optimizer (frozen).
 
   sample = config.sample = ml_collections.ConfigDict()
-  sample.num_pieces = 4
+  sample.num_pieces = 4  # Pieces per --mode=sample (and reconstruct).
   sample.num_steps = 256  # Frames per sampled piece.
-  sample.temperature = 1.0
+  sample.temperature = 1.0  # Divides the output logits (< 1: safer, > 1: wilder).
   sample.latent_temperature = 1.0  # Latent families: scale of the prior's std when sampling z.
   sample.top_k = 0  # 0 = off.
   sample.top_p = 1.0  # 1.0 = off.
@@ -90,7 +92,7 @@ def base_config():
   sample.interpolate = ''  # --mode=interpolate: 'A,B', each PATH.mid or 'split:INDEX'.
   sample.interpolation_points = 5  # Points from A to B, both ends included.
   sample.qpm = 80.0  # Tempo of written MIDI/WAV.
-  sample.write_wav = True
+  sample.write_wav = True  # Also render a .wav per piece (sine synthesis).
 
   config.model = ml_collections.ConfigDict()
   return config

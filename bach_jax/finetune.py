@@ -66,8 +66,12 @@ def find_checkpoint(workdir, step=None):
   raise checkpoints.CheckpointError(f'{root}: no checkpoint to start from')
 
 
-def load_params(workdir, step=None, mesh=None, like=None):
+def load_params(workdir, step=None, mesh=None, like=None, with_model_state=False):
   """Another run's params -> (its config, params replicated on mesh).
+
+  with_model_state: -> (config, params, model_state or None): also what the run's
+  family kept outside the optimizer (e.g. a VQ codebook's statistics, which go with
+  its codebook).
 
   workdir: a run's directory (local or gs://); step: a step of WORKDIR/checkpoints
   (default: the best checkpoint, else the latest). The params are the moving average
@@ -88,12 +92,15 @@ def load_params(workdir, step=None, mesh=None, like=None):
           f'{workdir} (a {config.model.name} model, step {step}) does not fit this run\'s '
           f'model: {how}')
   repl = parallel.replicated(mesh or parallel.make_mesh())
-  target = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=repl),
-                              saved[key])}
+  keys = [key] + (['model_state'] if with_model_state and saved.get('model_state') else [])
+  target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=repl),
+                            saved[k]) for k in keys}
   with ocp.PyTreeCheckpointer() as reader:
     restored = reader.restore(path / 'state', args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True))
+  if with_model_state:
+    return config, restored[key], restored.get('model_state')
   return config, restored[key]
 
 
@@ -139,7 +146,8 @@ def init_from(spec, state, mesh, log=print, into=''):
   workdir, step = parse_spec(spec)
   fresh = state.params[into] if into else state.params
   try:
-    source, params = load_params(workdir, step, mesh, like=fresh)
+    source, params, model_state = load_params(workdir, step, mesh, like=fresh,
+                                              with_model_state=True)
   except (config_base.ConfigError, checkpoints.CheckpointError) as e:
     where = f' (into params[{into!r}])' if into else ''
     raise config_base.ConfigError(f'config.train.init_from={spec!r}{where}: {e}') from None
@@ -148,6 +156,12 @@ def init_from(spec, state, mesh, log=print, into=''):
   update = {'params': {**state.params, into: params} if into else params}
   if getattr(state, 'ema_params', None) is not None:
     update['ema_params'] = {**state.ema_params, into: copy(params)} if into else copy(params)
+  mine = getattr(state, 'model_state', None)
+  if not into and mine is not None and model_state is not None:
+    # The same family's state outside the optimizer goes with its params (a VQ
+    # codebook rebuilt each step from fresh statistics would forget what it learnt).
+    if _shapes(model_state) == _shapes(mine):
+      update['model_state'] = jax.tree.map(lambda p, f: p.astype(f.dtype), model_state, mine)
   n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   log(f'init_from {workdir}: {n:,} parameters of its {source.model.name} model '
       f'(data.source {source.data.source!r}){f" into params[{into!r}]" if into else ""}; '

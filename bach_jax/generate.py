@@ -346,17 +346,20 @@ class LoadedModel:
                                     self._voices_for(pieces))
 
   def _voices_for(self, pieces):
-    """The voice count to batch `pieces` with: the model's where it reads voices, else
-    None (a roll model scores any pieces). SampleError when it needs voices they lack."""
-    uses = self.family.CAPABILITIES.voices and self.config.model.get('num_voices', 0) != 0
-    if not (uses and self.num_voices):
-      return None
-    lacking = [p.meta.get('file', i) for i, p in enumerate(pieces)
-               if p.voices is None or p.voices.shape[1] != self.num_voices]
-    if lacking:
-      raise SampleError(f'this model reads {self.num_voices} voices; piece {lacking[0]!r} '
-                        f'has {"none" if pieces[0].voices is None else "other voices"}')
-    return self.num_voices
+    """The voice count to batch `pieces` with: the model's when every piece has those
+    voices (a model that reads them gets them; others ignore them), else None.
+    SampleError when the model's config reads voices (a num_voices key > 0, in
+    config.model or a section of it) and the pieces lack them."""
+    have = bool(self.num_voices) and all(
+        p.voices is not None and p.voices.shape[1] == self.num_voices for p in pieces)
+    if have:
+      return self.num_voices
+    sections = [self.config.model] + [v for v in self.config.model.values()
+                                      if hasattr(v, 'keys')]
+    if any(m.get('num_voices', 0) > 0 for m in sections):
+      raise SampleError(f'this model reads {self.num_voices} voices; the pieces '
+                        f'({pieces[0].meta.get("file", "?")}, ...) do not all have them')
+    return None
 
   # Latent families (CAPABILITIES.latent); the others raise latent_ops.LatentError.
 

@@ -172,7 +172,3 @@ def to_global(batch, mesh):
 def replicate(tree, mesh):
   """Puts a pytree (e.g. the train state) on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
-
-
-def local_batch_size(global_batch_size):
-  return global_batch_size // jax.process_count()

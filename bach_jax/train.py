@@ -199,7 +199,12 @@ def _train(config, workdir, stop, warn):
     restored = ckpt.restore_intact(abstract, warn=warn, quarantine=True)
     if restored is not None:
       state, data_state, _, saved = restored
-      train_iter.set_state(data_state)
+      try:
+        train_iter.set_state(data_state)
+      except ValueError as e:  # The data or the batch size changed since the checkpoint.
+        raise config_base.ConfigError(
+            f'{ckpt.path(saved)}: cannot resume with this config: {e} (use the run\'s '
+            'config.data / config.train.batch_size, or a new workdir)') from None
       log(f'resumed from {ckpt.path(saved)}')
     else:
       saved = None

@@ -28,6 +28,10 @@ def test_bfloat16_run_trains(name):
   config = load_config(name, 'test', **{'train.num_steps': NUM_STEPS})
   assert 'dtype' in config.model, f'configs/{name}.py: no model.dtype key'
   config.model.dtype = 'bfloat16'
+  base = models.get_family(name).CAPABILITIES.builds_on
+  if base:  # The base model's config, as train.init_from would copy it (its params stay
+    #   as initialized: the step is what is tested).
+    config.model[config.train.init_from_into] = load_config(base, 'test').model
   family, corpus, mesh = train.setup(config)
   batches = pipeline.BatchIterator(
       corpus.splits['train'], batch_size=config.train.batch_size,

@@ -187,3 +187,27 @@ def test_config_key_defaults_to_off():
   config = load_config('lstm', 'test')
   assert config.train.init_from == ''
   config_base.validate(config)
+
+
+def test_init_from_keeps_the_state_a_family_holds_outside_the_optimizer(tmp_path):
+  """A VQ-VAE fine-tuned from another run keeps that run's codebook statistics with its
+  codebook (fresh statistics would pull the codebook back to its initial values)."""
+  config = load_config('vqvae', 'test')
+  config.model.num_voices = 4
+  family = models.get_family('vqvae')
+  batch = train.example_batch(config, 4)
+  source = family.init(config, jax.random.key(1), batch)
+  stats = jax.tree.map(lambda x: x * 0 + np.arange(x.size).reshape(x.shape) + 0.5,
+                       source.model_state)
+  source = source.replace(model_state=stats)
+  workdir = str(tmp_path / 'source')
+  checkpoints.write_config(workdir, config)
+  ckpt = checkpoints.Checkpointer(workdir)
+  ckpt.save(5, source, {'epoch': 0}, {'step': 5, 'num_voices': 4, 'steps_per_quarter': 4})
+  ckpt.wait()
+  ckpt.close()
+  fresh = family.init(config, jax.random.key(2), batch)
+  tuned = finetune.init_from(workdir, fresh, parallel.make_mesh(), log=lambda _: None)
+  for got, want in zip(jax.tree.leaves(tuned.model_state), jax.tree.leaves(stats)):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(tuned.params['codebook'], source.params['codebook'])

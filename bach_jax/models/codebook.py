@@ -67,7 +67,8 @@ def ema_codebook(stats, eps=1e-5):
 
 def restart_dead(codebook, stats, e, mask, rng, threshold):
   """Moves every code whose averaged count is below `threshold` onto a random valid
-  encoder output of this batch (its statistics restart there, with count threshold).
+  encoder output of this batch (its statistics restart there, with count
+  max(threshold, 1)).
 
   e: float[..., D] encoder outputs; mask: float[...] which of them are real.
   -> (codebook, stats, number restarted).

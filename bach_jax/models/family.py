@@ -22,8 +22,10 @@ Functions (all pure; `config` is the run's ConfigDict, bound with partial):
   eval_step(config, params, batch, rng)     -> dict of sums over the batch, additive over
                                             batches (e.g. nll_sum, frames); whole pieces
   summarize(config, totals)                 -> dict of metrics from the summed eval_step
-                                            outputs (NumPy floats); must hold the key
-                                            CAPABILITIES.select_by
+                                            outputs (NumPy floats); holds the key
+                                            CAPABILITIES.select_by, except for a family
+                                            without a likelihood, whose selection metric
+                                            (metric_distance of its samples) evaluate.py adds
   sample(config, params, rng, request)      -> {'roll': bool[N, T, 88], 'voices'?:
                                             int32[N, T, V]}; request: common.SampleRequest
 

@@ -23,6 +23,15 @@ def validate(config):
   req(m.step_noise_dim >= 0, 'step_noise_dim', 'must be >= 0')
   req(m.clip > 0, 'clip', f'must be > 0, got {m.clip}')
   req(m.gp_weight >= 0, 'gp_weight', f'must be >= 0, got {m.gp_weight}')
+  # The two networks have their own optimizers (models/gan.py: RMSProp or Adam at
+  # train.learning_rate, constant): the shared optimizer's options would be ignored.
+  t = config.train
+  for key, neutral in (('ema_decay', 0.0), ('weight_decay', 0.0), ('grad_clip_norm', 0.0),
+                       ('warmup_steps', 0), ('lr_schedule', 'constant'), ('frozen', '')):
+    if t.get(key, neutral) != neutral:
+      raise config_base.ConfigError(
+          f'config.train.{key}={t[key]!r}: not used by the gan family (its two optimizers '
+          f'are set by model.objective); set it to {neutral!r}')
 
 
 def check_corpus(config, corpus):
