@@ -231,7 +231,8 @@ for name in sys.argv[2:]:
 
 
 def test_eight_device_step_equals_one_device_step_for_every_family():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '')
+             + ' --xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', _EIGHT_DEVICES, os.path.join(REPO, 'tests'),
                          *FAMILIES], env=env, cwd=REPO, capture_output=True, text=True,

@@ -94,7 +94,9 @@ def run_two_processes(tmp_path, workdir, flags, name):
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
              JAX_NUM_PROCESSES='2', PYTHONPATH=REPO)
-  env.pop('XLA_FLAGS', None)  # One CPU device per process.
+  # One CPU device per process (no device-count flag); conftest's other flags kept.
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                              if 'device_count' not in f)
   procs, logs = [], []
   try:
     for i in range(2):
