@@ -311,3 +311,29 @@ def test_time_chunks():
   assert len(layers.time_chunks(128, 128, 512)) == 16
   assert len(layers.time_chunks(1024, 128, 512)) == 16
   assert layers.time_chunks(32, 4, 16) == [(0, 32)]
+
+
+def test_conditioning_through_the_bias_equals_concatenated_inputs():
+  """LSTMLayer(x, cond=v): v enters every step through the bias (b + v w_cond), the same
+  function as v concatenated to every step's input with w_cond as more rows of w_ih;
+  outputs and gradients (params, inputs, cond) match plain autodiff of that."""
+  params, x, carry, probes = _random_problem(3, 5, 4, 6, seed=3)
+  ks = jax.random.split(jax.random.key(9), 2)
+  cond = jax.random.normal(ks[0], (3, 7))
+  params = dict(params, w_cond=jax.random.normal(ks[1], (7, 24)) / np.sqrt(7))
+
+  def conditioned(inputs, p, c):
+    x_, v = inputs
+    return layers.LSTMLayer(6).apply({'params': p}, x_, c, cond=v)
+
+  def concatenated(inputs, p, c):
+    x_, v = inputs
+    wide = jnp.concatenate([x_, jnp.broadcast_to(v[:, None], (3, 5, 7))], axis=-1)
+    ref = {'w_ih': jnp.concatenate([p['w_ih'], p['w_cond']]), 'w_hh': p['w_hh'], 'b': p['b']}
+    return reference_lstm(wide, ref, c)
+
+  # The "inputs" are (x, cond): their gradients are compared too.
+  out_a, grads_a = _outputs_and_grads(conditioned, probes)(params, (x, cond), carry)
+  out_b, grads_b = _outputs_and_grads(concatenated, probes)(params, (x, cond), carry)
+  _assert_trees_close(out_a, out_b)
+  _assert_trees_close(grads_a, grads_b)

@@ -6,9 +6,11 @@ VAE's conductor gives one per bar, its flat decoder one per segment; the VQ-VAE
 one per 4-step pattern). The decoder here decodes a block from its context: an
 LSTM stack (the shared scan LSTM) whose state is re-initialised from the context
 (tanh of a dense layer) at the block's first frame, so it cannot carry
-information past the latent, and which reads [previous frame, context] at every
-step (or only the context: decoder_input = False). Its output is either the
-exact slot heads of models/heads.py or 88 independent Bernoulli keys.
+information past the latent, and which reads the previous frame at every step
+(decoder_input = False: nothing) and the context at every step too, through its
+first layer's bias (LSTMLayer's `cond`: one matmul per block, not per step). Its
+output is either the exact slot heads of models/heads.py or 88 independent
+Bernoulli keys.
 
 `decode_blocks` runs the blocks as one batch (teacher-forced, for the bound);
 `decode_scan` runs the same model one step at a time with the state reset at
@@ -51,16 +53,17 @@ class FrameDecoder(heads.FrameHeads):
     float[N, U * block, Din] the previous frames -> hidden float[N, U * block, H]."""
     n, u = ctx.shape[:2]
     ctx = ctx.reshape(n * u, -1)
-    inputs = jnp.repeat(ctx[:, None], block, axis=1)
-    if self.decoder_input:
-      inputs = jnp.concatenate([x_prev.reshape(n * u, block, -1), inputs], axis=-1)
-    h, _ = self.dec(inputs, self.init_carry(ctx), deterministic=deterministic)
+    inputs = self._inputs(x_prev.reshape(n * u, block, -1))
+    h, _ = self.dec(inputs, self.init_carry(ctx), deterministic=deterministic, cond=ctx)
     return h.reshape(n, u * block, -1)
+
+  def _inputs(self, x_prev):
+    """The decoder's step inputs: the previous frames, or one zero column without them."""
+    return x_prev if self.decoder_input else jnp.zeros(x_prev.shape[:-1] + (1,))
 
   def decode_step(self, x_prev, ctx, carry):
     """One step. x_prev: float[N, Din]; ctx: float[N, C] -> (h float[N, H], carry)."""
-    inputs = jnp.concatenate([x_prev, ctx], -1) if self.decoder_input else ctx
-    h, carry = self.dec(inputs[:, None], carry)
+    h, carry = self.dec(self._inputs(x_prev[:, None]), carry, cond=ctx)
     return h[:, 0], carry
 
   def output_logits(self, h, target, deterministic=True):

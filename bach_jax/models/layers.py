@@ -154,8 +154,9 @@ def _lstm_layer_bwd(dtype, residuals, cotangents):
   d = x.shape[-1]
   d_x = jnp.einsum('tbg,dg->tbd', d_gates_cast, w_ih.astype(dtype),
                    preferred_element_type=jnp.float32)
+  d_b = jnp.sum(d_gates, axis=(0, 1) if b.ndim == 1 else 0)  # b: [4H] or per row [B, 4H].
   return (d_x.astype(x.dtype), d_w[:d].astype(w_ih.dtype), d_w[d:].astype(w_hh.dtype),
-          jnp.sum(d_gates, axis=(0, 1)).astype(b.dtype), d_h0, d_c0)
+          d_b.astype(b.dtype), d_h0, d_c0)
 
 
 _lstm_layer.defvjp(_lstm_layer_fwd, _lstm_layer_bwd)
@@ -166,8 +167,9 @@ def lstm_layer(x, w_ih, w_hh, b, h0, c0, *, dtype=None):
 
   Args:
     x: float[T, B, D] inputs (time-major).
-    w_ih: float[D, 4H], w_hh: float[H, 4H], b: float[4H]; gradients come back
-      in their dtypes.
+    w_ih: float[D, 4H], w_hh: float[H, 4H], b: float[4H], or float[B, 4H] for a
+      bias per row (a sequence's conditioning, the same at every step); gradients
+      come back in their dtypes and shapes.
     h0, c0: float32[B, H], initial state.
     dtype: matmul input dtype (e.g. bfloat16); accumulation stays float32.
       None = w_hh.dtype.
@@ -216,20 +218,33 @@ class LSTMLayer(nn.Module):
   weight_dropout_rate: float = 0.0
 
   @nn.compact
-  def weights(self, in_size, *, deterministic=True):
-    """-> (w_ih, w_hh, b), with DropConnect applied to w_hh in training."""
+  def weights(self, in_size, *, deterministic=True, cond=None):
+    """-> (w_ih, w_hh, b), with DropConnect applied to w_hh in training.
+
+    cond: float[B, C] or None, a vector per sequence that conditions every step: it
+    enters through the bias, b + cond @ w_cond (float[B, 4H]), computed once per
+    sequence instead of as C more input columns at every step (what concatenating it
+    to the inputs would cost: the decoders of the latent families read one context
+    per block of frames).
+    """
     h_size = self.hidden_size
     w_ih = self.param('w_ih', nn.initializers.lecun_normal(), (in_size, 4 * h_size))
     w_hh = self.param('w_hh', nn.initializers.orthogonal(column_axis=-1), (h_size, 4 * h_size))
     # Forget-gate bias 1: the usual start that lets gradients flow early on.
     b = self.param('b', lambda _, s: jnp.zeros(s).at[h_size:2 * h_size].set(1.0),
                    (4 * h_size,))
+    if cond is not None:
+      w_cond = self.param('w_cond', nn.initializers.lecun_normal(),
+                          (cond.shape[-1], 4 * h_size))
+      b = b + jnp.einsum('bc,cg->bg', cond.astype(self.dtype), w_cond.astype(self.dtype),
+                         preferred_element_type=jnp.float32)
     if self.weight_dropout_rate and not deterministic:
       w_hh = nn.Dropout(self.weight_dropout_rate)(w_hh, deterministic=False)
     return w_ih, w_hh, b
 
-  def __call__(self, x, carry: Optional[Carry] = None, *, deterministic: bool = True):
-    weights = self.weights(x.shape[-1], deterministic=deterministic)
+  def __call__(self, x, carry: Optional[Carry] = None, *, deterministic: bool = True,
+               cond=None):
+    weights = self.weights(x.shape[-1], deterministic=deterministic, cond=cond)
     if carry is None:
       carry = (jnp.zeros((x.shape[0], self.hidden_size), jnp.float32),) * 2
     # Time-major, so the scan reads rows.
@@ -262,14 +277,17 @@ class LSTMStack(nn.Module):
   time_chunk: Optional[int] = None  # Steps per chunk: see time_chunks (None = auto).
 
   @nn.compact
-  def __call__(self, x, carry: Optional[Sequence[Carry]] = None, *, deterministic: bool = True):
+  def __call__(self, x, carry: Optional[Sequence[Carry]] = None, *, deterministic: bool = True,
+               cond=None):
+    """cond: float[B, C] or None: conditions the first layer at every step (see
+    LSTMLayer.weights)."""
     batch, steps, in_size = x.shape
     weights = []
     for i in range(self.num_layers):
       layer = LSTMLayer(self.hidden_size, dtype=self.dtype,
                         weight_dropout_rate=self.weight_dropout_rate, name=f'lstm_{i}')
       weights.append(layer.weights(in_size if i == 0 else self.hidden_size,
-                                   deterministic=deterministic))
+                                   deterministic=deterministic, cond=cond if i == 0 else None))
     carry = list(self.zero_carry(batch) if carry is None else carry)
     dropout = nn.Dropout(self.dropout_rate)
     x = jnp.swapaxes(x, 0, 1)  # Time-major, so the scans read rows.
