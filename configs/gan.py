@@ -52,6 +52,7 @@ def get_config(arg=''):
     m.noise_dim, m.step_noise_dim = 8, 4
     m.generator_hidden = m.critic_hidden = 16
     m.n_critic = 2
+    m.tracks = 4  # The voice path end to end (sampling, load_model); test_gan covers 1 and 2.
     d.window_steps, d.hop_steps = 17, 8
     t.batch_size = t.eval_batch_size = 16
     t.num_steps = 60

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bach_jax import evaluate
+from bach_jax import generate
 from bach_jax import parallel
 from bach_jax import train
 from bach_jax.models import gan
@@ -118,7 +119,8 @@ def test_a_generator_with_a_constant_output_is_flagged_as_collapsed(cache_dir):
   state = gan.init(config, jax.random.key(0), _batch(np.random.default_rng(6)))
   const = dict(state.params)
   const['generator'] = jax.tree.map(jnp.zeros_like, state.params['generator'])
-  const['generator']['Dense_1']['bias'] = jnp.where(jnp.arange(2 * 88) % 7 == 0, 5.0, -5.0)
+  const['generator']['Dense_1']['bias'] = jnp.where(
+      jnp.arange(config.model.tracks * 88) % 7 == 0, 5.0, -5.0)
   fn = evaluate.make_eval_fn(gan, config, mesh)
   pieces = corpus.splits['valid'][:12]
   live = evaluate.evaluate_pieces(fn, gan, config, state.params, pieces, mesh, 4)
@@ -126,3 +128,38 @@ def test_a_generator_with_a_constant_output_is_flagged_as_collapsed(cache_dir):
   assert dead['collapsed'] and not live['collapsed']
   assert any('mode collapse' in w for w in dead['warnings'])
   assert np.isfinite(dead['metric_distance'])
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_critic_windows_times_a_kernel_is_a_same_padded_convolution(stride):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 9, 3))
+  conv = nn.Conv(5, (4,), strides=(stride,))
+  params = conv.init(jax.random.key(1), x)['params']
+  want = conv.apply({'params': params}, x)
+  got = gan.windows(x, 4, stride) @ params['kernel'].reshape(12, 5) + params['bias']
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('tracks', [1, 2, 4])
+def test_tracks_split_the_real_roll_and_samples_carry_voices_only_with_four(tracks):
+  """1 track: the roll; 2: treble and bass (the lowest voice below, the rest above);
+  4: one voice per track. Samples name voices only with 4 tracks."""
+  config = _config(**{'model.tracks': tracks})
+  batch = _batch(np.random.default_rng(5))
+  real, mask = gan.real_tracks(config, batch)
+  assert real.shape == (4, 16, tracks, 88) and mask.shape == (4, 16)
+  np.testing.assert_array_equal(np.asarray(real).any(2), batch['roll'][:, 1:])
+  if tracks == 2:
+    bass = np.asarray(real)[:, :, 1].argmax(-1) + 21
+    np.testing.assert_array_equal(bass, batch['voices'][:, 1:, 3])
+  if tracks == 4:
+    np.testing.assert_array_equal(np.asarray(real).argmax(-1) + 21, batch['voices'][:, 1:])
+  state = gan.init(config, jax.random.key(0), batch)
+  request = generate.make_request(config, num_pieces=2, num_steps=6)
+  out = gan.sample(config, state.params, jax.random.key(1), request)
+  assert out['roll'].shape == (2, 6, 88)
+  assert ('voices' in out) == (tracks == 4)
+  if tracks == 4:
+    v = np.asarray(out['voices'])
+    np.testing.assert_array_equal((np.arange(88) + 21 == v[..., None]).any(-2), out['roll'])
