@@ -7,7 +7,9 @@ session, set here before jax is imported:
   points it at an existing cache (e.g. ~/.cache/bach_jax) to skip even that;
 * XLA's persistent compilation cache: a config compiled once (e.g. a family's
   ':test' train step) is loaded, not recompiled, by later runs of the same
-  computation, in-process or in a subprocess (a 90 s compile became 11 s).
+  computation, in-process or in a subprocess (a 90 s compile became 11 s); one
+  per pytest-xdist worker (setup.cfg runs the suite on every core, a file per
+  worker at a time).
 And XLA's backend optimization level 0: the tests' tiny models spend their time
 compiling, not running (a VAE ':test' step compiled in 63 s instead of 146 s and
 ran 20 steps in 0.43 s instead of 0.29 s). Subprocesses inherit it through
@@ -20,6 +22,10 @@ import tempfile
 os.environ.setdefault('BACH_JAX_CACHE', os.environ.get('BACH_JAX_TEST_CACHE')
                       or tempfile.mkdtemp(prefix='bach_jax_corpus_'))
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='bach_jax_xla_'))
+if os.environ.get('PYTEST_XDIST_WORKER'):  # One XLA cache per pytest-xdist worker: jax
+  #   writes an entry in place, and a process reading another's half-written entry aborts.
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+      os.environ['JAX_COMPILATION_CACHE_DIR'], os.environ['PYTEST_XDIST_WORKER'])
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
@@ -61,3 +67,28 @@ def chorales():
 def cache_dir():
   """The session's corpus cache (see the module docstring)."""
   return os.environ['BACH_JAX_CACHE']
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+  """trained_run(family) -> (workdir, result): the family's ':test' config trained
+  RUN_STEPS steps on the embedded chorales with RUN_OVERRIDES, once per session and
+  shared by every module that asks (the family contract, the comparison report, ...).
+  A family that builds on another (CAPABILITIES.builds_on) starts from that family's
+  shared run. Tests must not write into the workdir (copy it first)."""
+  from bach_jax import models  # pylint: disable=g-import-not-at-top
+  from bach_jax import train  # pylint: disable=g-import-not-at-top
+  from train_helpers import RUN_OVERRIDES, load_config  # pylint: disable=g-import-not-at-top
+  runs = {}
+
+  def get(name):
+    if name not in runs:
+      config = load_config(name, 'test', **RUN_OVERRIDES)
+      base = models.get_family(name).CAPABILITIES.builds_on
+      if base:
+        config.train.init_from = get(base)[0]
+      workdir = str(tmp_path_factory.mktemp(f'{name}_run'))
+      runs[name] = workdir, train.train_and_evaluate(config, workdir)
+    return runs[name]
+
+  return get

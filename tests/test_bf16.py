@@ -1,7 +1,8 @@
 """model.dtype='bfloat16' in every registered family: the step's matmuls take bfloat16
-inputs and accumulate in float32, the params stay float32, and a short run trains (CPU,
-the family's ':test' config on the chorales): its loss falls, or for a family without a
-likelihood (CAPABILITIES.likelihood 'none', e.g. an adversarial pair whose loss is a
+inputs and accumulate in float32 and the params stay float32 (every family); and a short
+run trains (CPU, the family's ':test' config on the chorales; one family per likelihood
+kind, the first by name, to keep the suite short): its loss falls, or for a family without
+a likelihood (CAPABILITIES.likelihood 'none', e.g. an adversarial pair whose loss is a
 critic's estimate, not expected to fall) its losses stay finite and each of its top-level
 modules learns."""
 
@@ -18,6 +19,10 @@ from bach_jax.data import pipeline
 from train_helpers import load_config
 
 NUM_STEPS = 30
+# The families whose bf16 run is trained: the first of each likelihood kind.
+TRAINED = {min(n for n in models.REGISTRY
+               if models.get_family(n).CAPABILITIES.likelihood == kind)
+           for kind in {models.get_family(n).CAPABILITIES.likelihood for n in models.REGISTRY}}
 # A dot_general of the lowered step: '(tensor<..xA>, tensor<..xB>) -> tensor<..xC>'.
 DOT = re.compile(r'stablehlo\.dot_general.*:\s*\(tensor<[^>]*x(\w+)>, tensor<[^>]*x(\w+)>\)\s*'
                  r'->\s*tensor<[^>]*x(\w+)>')
@@ -50,6 +55,8 @@ def test_bfloat16_run_trains(name):
   assert bf16, f'{name}: no bfloat16 matmul in the train step ({sorted(set(dots))})'
   assert all(out == 'f32' for _, _, out in bf16), f'{name}: bf16 matmuls must accumulate in f32'
   assert {str(p.dtype) for p in jax.tree.leaves(state.params)} == {'float32'}
+  if name not in TRAINED:
+    return
 
   step = lowered.compile()  # Traced once, compiled once.
   before = jax.device_get(state.params)

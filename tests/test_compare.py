@@ -14,30 +14,24 @@ from bach_jax import generate
 from bach_jax import models
 from bach_jax import train
 from bach_jax.data import corpora
-from train_helpers import REPO, load_config
+from train_helpers import REPO, RUN_STEPS
 
 FAMILIES = ('lstm', 'vae')  # One exact likelihood, one bound.
-STEPS = 10
+STEPS = RUN_STEPS
 SETTINGS = compare.Settings(num_pieces=4, num_steps=32, sample_batch=2)
 PNGS = ('metrics_pitch.png', 'metrics_rhythm.png', 'metrics_voice_leading.png',
         'pitch_classes.png', 'rolls.png')
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, cache_dir):
-  """RUNS/<family> trained STEPS steps with configs/<family>.py:test -> (RUNS, results).
-
-  cache_dir: conftest's session corpus cache (BACH_JAX_TEST_CACHE=~/.cache/bach_jax
-  skips the minute of preparing the chorales).
-  """
+def trained(tmp_path_factory, trained_run):
+  """RUNS/<family>: the shared STEPS-step runs of configs/<family>.py:test
+  (conftest.trained_run), linked into one folder -> (RUNS, results)."""
   root = str(tmp_path_factory.mktemp('runs'))
   results = {}
   for name in FAMILIES:
-    config = load_config(name, 'test', **{
-        'data.cache_dir': cache_dir, 'train.num_steps': STEPS, 'train.eval_every': 0,
-        'train.checkpoint_every': STEPS, 'train.log_every': STEPS,
-        'train.num_final_samples': 0})
-    results[name] = train.train_and_evaluate(config, os.path.join(root, name))
+    workdir, results[name] = trained_run(name)
+    os.symlink(workdir, os.path.join(root, name))
   return root, results
 
 

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np
@@ -25,27 +24,19 @@ from bach_jax import parallel
 from bach_jax import train
 from bach_jax.data import pipeline
 from bach_jax.models import family as family_lib
-from train_helpers import REPO, load_config
+from train_helpers import REPO, RUN_OVERRIDES, RUN_STEPS, load_config
 
 FAMILIES = sorted(models.REGISTRY)
-_OVERRIDES = {'train.num_steps': 24, 'train.log_every': 4, 'train.eval_every': 0,
-              'train.checkpoint_every': 8, 'train.num_final_samples': 1}
 
 
-_BASE_RUNS = {}
-
-
-def _config(name, **overrides):
-  """The family's ':test' config, short; a family that builds on another family's run
-  (CAPABILITIES.builds_on) starts from a 24-step run of that family, trained once."""
-  config = load_config(name, 'test', **{**_OVERRIDES, **overrides})
+def _config(name, trained_run, **overrides):
+  """The family's ':test' config as the shared runs train it (conftest.trained_run); a
+  family that builds on another family's run (CAPABILITIES.builds_on) starts from that
+  family's shared run."""
+  config = load_config(name, 'test', **{**RUN_OVERRIDES, **overrides})
   base = models.get_family(name).CAPABILITIES.builds_on
   if base:
-    if base not in _BASE_RUNS:
-      _BASE_RUNS[base] = tempfile.mkdtemp(prefix=f'{base}_base_')
-      train.train_and_evaluate(_config(base, **{'train.num_final_samples': 0}),
-                               _BASE_RUNS[base])
-    config.train.init_from = _BASE_RUNS[base]
+    config.train.init_from = trained_run(base)[0]
   return config
 
 
@@ -55,10 +46,9 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope='module', params=FAMILIES)
-def run(request, tmp_path_factory):
-  """(name, workdir, result) of a 24-step run of the family's ':test' config."""
-  workdir = str(tmp_path_factory.mktemp(f'{request.param}_run'))
-  return request.param, workdir, train.train_and_evaluate(_config(request.param), workdir)
+def run(request, trained_run):
+  """(name, workdir, result) of the family's shared run (conftest.trained_run)."""
+  return (request.param, *trained_run(request.param))
 
 
 def test_registry_entries_meet_the_contract():
@@ -85,14 +75,16 @@ def test_family_trains_evaluates_and_samples(run):
   family = models.get_family(name)
   caps = family.CAPABILITIES
   losses = _losses(workdir)
-  assert sorted(losses) == list(range(1, 25))
-  assert np.mean([losses[s] for s in range(21, 25)]) < np.mean([losses[s] for s in range(1, 5)])
+  n = RUN_STEPS
+  assert sorted(losses) == list(range(1, n + 1))
+  assert np.mean([losses[s] for s in range(n - 3, n + 1)]) < np.mean([losses[s]
+                                                                   for s in range(1, 5)])
   assert result['likelihood'] == caps.likelihood
   if caps.likelihood != 'none':
     for split in ('valid', 'test'):
       assert np.isfinite(result[f'best_{split}_{caps.select_by}']), result
   model = generate.load_model(workdir)
-  assert model.step == 24
+  assert model.step == RUN_STEPS
   pieces = model.sample(num_pieces=2, num_steps=12, seed=1)
   assert [p.roll.shape for p in pieces] == [(12, 88)] * 2
   assert any(p.roll.any() for p in pieces)
@@ -102,9 +94,9 @@ def test_family_trains_evaluates_and_samples(run):
       'sample_0.mid', 'sample_0.png', 'sample_0.wav']
 
 
-def _step_fixture(name):
+def _step_fixture(name, trained_run):
   """(config, family, state, batch, step) with the trainer's shapes and jitted step."""
-  config = _config(name)
+  config = _config(name, trained_run)
   family, corpus, mesh = train.setup(config)
   batch = next(pipeline.BatchIterator(
       corpus.splits['train'], batch_size=config.train.batch_size,
@@ -122,10 +114,10 @@ def _step_fixture(name):
 
 
 @pytest.mark.parametrize('name', FAMILIES)
-def test_masked_frames_never_reach_the_loss_and_the_start_flag_does(name):
+def test_masked_frames_never_reach_the_loss_and_the_start_flag_does(name, trained_run):
   """data.pad_short: frames after a piece's end (frame_mask False) never count; the
   start flag tells a piece's start from an internal rest."""
-  batch, loss = _step_fixture(name)
+  batch, loss = _step_fixture(name, trained_run)
   rng = np.random.default_rng(0)
   mask = batch['frame_mask'].copy()
   mask[::2, -3:] = False
@@ -147,11 +139,14 @@ def test_masked_frames_never_reach_the_loss_and_the_start_flag_does(name):
   as_start = loss(dict(silent, start=np.broadcast_to(np.arange(mask.shape[1]) == 0,
                                                      mask.shape).copy()))
   as_rest = loss(dict(silent, start=np.zeros_like(batch['start'])))
-  if not models.get_family(name).CAPABILITIES.builds_on:  # Else the loss is over the base
-    assert abs(as_start - as_rest) > 1e-5                 # model's latents, not frames.
+  caps = models.get_family(name).CAPABILITIES
+  # Not for a family whose loss is over a base model's latents, nor for a critic, which
+  # sees rolls only (frames after a piece's end zeroed; no frame likelihood to start).
+  if not caps.builds_on and caps.likelihood != 'none':
+    assert abs(as_start - as_rest) > 1e-5
 
 
-def test_sigterm_then_resume_gives_identical_metrics(run, tmp_path, monkeypatch):
+def test_sigterm_then_resume_gives_identical_metrics(run, trained_run, tmp_path, monkeypatch):
   name, full, _ = run  # The uninterrupted run (its final samples change no metric).
   resumed = str(tmp_path / 'resumed')
   calls = {'n': 0}
@@ -164,14 +159,16 @@ def test_sigterm_then_resume_gives_identical_metrics(run, tmp_path, monkeypatch)
     return real_next(self)
 
   monkeypatch.setattr(pipeline.BatchIterator, '__next__', next_then_sigterm)
-  config = _config(name, **{'train.num_final_samples': 0})
+  config = _config(name, trained_run, **{'train.num_final_samples': 0})
   result = train.train_and_evaluate(config, resumed)
   assert result.get('interrupted_at') == 11
   monkeypatch.setattr(pipeline.BatchIterator, '__next__', real_next)
-  final = train.train_and_evaluate(_config(name, **{'train.num_final_samples': 0}), resumed)
+  final = train.train_and_evaluate(_config(name, trained_run, **{'train.num_final_samples': 0}),
+                                   resumed)
   a, b = _losses(full), _losses(resumed)
-  assert sorted(b) == list(range(1, 25))
-  np.testing.assert_allclose([b[s] for s in range(12, 25)], [a[s] for s in range(12, 25)],
+  assert sorted(b) == list(range(1, RUN_STEPS + 1))
+  np.testing.assert_allclose([b[s] for s in range(12, RUN_STEPS + 1)],
+                             [a[s] for s in range(12, RUN_STEPS + 1)],
                              rtol=1e-6)
   select = models.get_family(name).CAPABILITIES.select_by
   expected = metric_writers.read_metrics(full)
@@ -179,7 +176,7 @@ def test_sigterm_then_resume_gives_identical_metrics(run, tmp_path, monkeypatch)
   want = [r for r in expected if f'best/best_test_{select}' in r]
   np.testing.assert_allclose(got[-1][f'best/best_test_{select}'],
                              want[-1][f'best/best_test_{select}'], rtol=1e-6)
-  assert final['step'] == 24
+  assert final['step'] == RUN_STEPS
 
 
 _EIGHT_DEVICES = r'''
@@ -221,11 +218,18 @@ for name in sys.argv[2:]:
     # model_state too: e.g. the VQ codebook's usage counts, summed over the global batch.
     results.append((metrics, jax.device_get((state.params, state.model_state))))
   (m8, p8), (m1, p1) = results
+  # A GAN step is n_critic Adam updates of the critic before the generator's: float
+  # reassociation of the 8-way batch sums grows through them (measured up to 2.4e-5
+  # absolute on losses of order 0.01-1).
+  rtol, atol = (1e-4, 1e-4) if family.CAPABILITIES.likelihood == 'none' else (2e-5, 1e-6)
   for a, b in zip(m8, m1):
     for k in a:
-      np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=f'{name} {k}')
+      np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=f'{name} {k}')
+  # Adam moves a param whose gradient is ~0 by up to the learning rate either way: the
+  # GAN's n_critic updates per step meet such params (a critic weight on a silent key).
+  patol = 2 * config.train.learning_rate if family.CAPABILITIES.likelihood == 'none' else 1e-5
   for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=patol, err_msg=name)
   print('OK', name, [m['loss'] for m in m8])
 '''
 

@@ -105,7 +105,11 @@ def run_two_processes(tmp_path, workdir, flags, name):
       procs.append(subprocess.Popen(
           [sys.executable, '-c', LAUNCHER, workdir, str(tmp_path / f'{name}_{i}.json'),
            f'--workdir={workdir}', *flags],
-          env=dict(env, JAX_PROCESS_ID=str(i)), cwd=REPO, stdout=log,
+          # Each process its own XLA cache: both compile the same program at once, and
+          # one must not read the other's half-written entry (CI: an abort, -6).
+          env=dict(env, JAX_PROCESS_ID=str(i),
+                   JAX_COMPILATION_CACHE_DIR=str(tmp_path / f'xla_cache_{i}')),
+          cwd=REPO, stdout=log,
           stderr=subprocess.STDOUT))
     bound = []
     deadline = time.time() + 120

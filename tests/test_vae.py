@@ -49,11 +49,10 @@ def _params(**overrides):
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """configs/vae.py:test trained on the embedded chorales: (workdir, result, model)."""
-  workdir = str(tmp_path_factory.mktemp('vae_run'))
-  config = load_config('vae', 'test', **{'train.num_steps': 80})
-  result = train.train_and_evaluate(config, workdir)
+def trained(trained_run):
+  """configs/vae.py:test trained on the embedded chorales (the session's shared run,
+  conftest.trained_run): (workdir, result, model)."""
+  workdir, result = trained_run('vae')
   return workdir, result, generate.load_model(workdir)
 
 
@@ -243,8 +242,8 @@ def test_slerp_path_runs_between_the_two_latents_on_the_arc():
 def test_sample_and_latent_modes_from_the_command_line(trained, tmp_path):
   workdir, _, _ = trained
   out = tmp_path / 'out'
-  for args in (['--mode=sample', '--config.sample.write_wav=False'],
-               ['--mode=reconstruct', '--config.sample.num_pieces=2'],
+  # (--mode=sample is every family's: the contract samples each through load_model.)
+  for args in (['--mode=reconstruct', '--config.sample.num_pieces=2'],
                ['--mode=interpolate', '--config.sample.interpolate=split:0,split:1']):
     proc = run_main(f'--workdir={workdir}', f'--outdir={out}', *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -252,6 +251,5 @@ def test_sample_and_latent_modes_from_the_command_line(trained, tmp_path):
   for name in ('interpolation.mid', 'interpolation.png', 'reconstruct_0.png',
                'reconstruct_1.mid'):
     assert name in names
-  assert any(n.endswith('.mid') and n.startswith('step') for n in names)
   proc = run_main(f'--workdir={workdir}', '--mode=sample', '--config.sample.primer=split:0')
   assert proc.returncode == 2 and 'cannot continue a primer' in proc.stderr

@@ -7,6 +7,12 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The overrides of every shared tiny run (conftest.trained_run): a few steps, evaluated at
+# the end, checkpoints every 8 steps, one final sample.
+RUN_STEPS = 24
+RUN_OVERRIDES = {'train.num_steps': RUN_STEPS, 'train.log_every': 4, 'train.eval_every': 0,
+                 'train.checkpoint_every': 8, 'train.num_final_samples': 1}
+
 
 def load_config(name, arg='test', **overrides):
   """configs/<name>.py get_config(arg), with dotted-key overrides ('train.num_steps': 10)."""
