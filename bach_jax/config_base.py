@@ -93,8 +93,21 @@ def base_config():
   sample.interpolation_points = 5  # Points from A to B, both ends included.
   sample.qpm = 80.0  # Tempo of written MIDI/WAV.
   sample.write_wav = True  # Also render a .wav per piece (sine synthesis).
+  sample.rules = ''  # Voice-leading rules applied when sampling (models/rules.py), comma-
+  #   separated: parallels, hidden, crossing, spacing, range, or all; '' = off. Families
+  #   with slot heads only (lstm_attn); --mode=evaluate then scores the constrained model.
+  sample.rule_penalty = float('inf')  # Nats per violation (soft), or inf: hard masking.
 
   config.model = ml_collections.ConfigDict()
+  return config
+
+
+def add_missing_defaults(config):
+  """Adds the sample options of base_config() that `config` lacks (a run's config.json
+  written before they existed), so --config.sample.KEY works on every run."""
+  for key, value in base_config().sample.items():
+    if key not in config.sample:
+      config.sample[key] = value
   return config
 
 
@@ -141,3 +154,5 @@ def validate(config, device_count=1):
   _require(0 < s.top_p <= 1, 'sample.top_p', 'must be in (0, 1]')
   _require(s.top_k >= 0, 'sample.top_k', 'must be >= 0')
   _require(s.num_steps >= 1, 'sample.num_steps', 'must be >= 1')
+  from bach_jax.models import rules  # pylint: disable=g-import-not-at-top  (JAX)
+  rules.from_config(config)  # ConfigError naming sample.rules / sample.rule_penalty.

@@ -3,7 +3,9 @@
 Every family's `sample(config, params, rng, request)` is one jitted lax.scan; this
 module turns config/CLI options into a SampleRequest (primer, harmonization
 melody, temperature, top-k, top-p), runs it and writes the files (through etils
-epath: a gs:// output folder works).
+epath: a gs:// output folder works). Voice-leading rules (config.sample.rules /
+rule_penalty, models/rules.py) are part of the config the sampler is compiled for;
+their fallback count is noted on stderr and kept in each piece's meta.
 
 Limits (docs/faults.md): a request whose output alone would not fit in the
 available memory is refused before it starts; one of LONG_SAMPLE_STEPS steps or
@@ -26,10 +28,13 @@ import numpy as np
 import pretty_midi
 
 from bach_jax import checkpoints
+from bach_jax import config_base
 from bach_jax import models
 from bach_jax import plotting
 from bach_jax import workdir as workdir_lib
 from bach_jax.data import pianoroll
+from bach_jax.models import family as family_lib
+from bach_jax.models import rules as rules_lib
 from bach_jax.models.common import SampleRequest
 
 SAMPLE_RATE = 22050
@@ -98,6 +103,10 @@ def sample(family, config, params, rng, request, num_voices=0):
     _announce(fn, config, params, rng, request, num_voices)
   t0 = time.perf_counter()
   out = jax.device_get(fn(params, rng, request))
+  if 'rule_fallbacks' in out:
+    rules = rules_lib.from_config(config)  # A note per request: models/rules.py.
+    _note(f'rules {rules.describe()}: {int(np.sum(out["rule_fallbacks"]))} fallbacks (every '
+          f'pitch broke a rule) in {request.num_pieces} x {request.num_steps} steps')
   if long:
     seconds = time.perf_counter() - t0
     frames = request.num_pieces * request.num_steps
@@ -187,6 +196,8 @@ def to_pianorolls(out, steps_per_quarter, voice_names=None):
     meta = {'file': f'sample_{i}', 'source': 'sample'}
     if voice_names:
       meta['voice_names'] = list(voice_names)
+    if 'rule_fallbacks' in out:  # Sampled under voice-leading rules (models/rules.py).
+      meta['rule_fallbacks'] = int(out['rule_fallbacks'][i])
     pieces.append(pianoroll.PianoRoll(
         roll=np.asarray(out['roll'][i], bool),
         voices=None if voices is None else np.asarray(voices[i], np.int16),
@@ -267,7 +278,8 @@ def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus
                     prefix='sample'):
   """Samples with config.sample's options (primer / harmonize) and writes the files."""
   s = config.sample
-  check_request_supported(family, primer=bool(s.primer), melody=bool(s.harmonize))
+  check_request_supported(family, primer=bool(s.primer), melody=bool(s.harmonize),
+                          rules=s.get('rules', ''))
   spq = corpus.steps_per_quarter if corpus is not None else config.data.steps_per_quarter
   num_voices = corpus.num_voices if corpus is not None else None
   primer = (load_primer(s.primer, spq, corpus, s.split, s.primer_steps) if s.primer else None)
@@ -285,9 +297,11 @@ def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus
   return write_pieces(pieces, outdir, prefix, qpm=s.qpm, wav=s.write_wav)
 
 
-def check_request_supported(family, primer=False, melody=False):
+def check_request_supported(family, primer=False, melody=False, rules=''):
   """SampleError naming the option when the family cannot continue a primer or
-  harmonize a melody (CAPABILITIES.primer / melody)."""
+  harmonize a melody (CAPABILITIES.primer / melody); ConfigError naming
+  config.sample.rules when it cannot apply voice-leading rules (CAPABILITIES.rules)."""
+  family_lib.check_rules(family, rules)
   caps, name = family.CAPABILITIES, family.__name__.rsplit('.', 1)[-1]
   if primer and not caps.primer:
     raise SampleError(f'config.sample.primer: the {name} family cannot continue a primer')
@@ -318,11 +332,17 @@ class LoadedModel:
     self.steps_per_quarter = meta.get('steps_per_quarter') or config.data.steps_per_quarter
 
   def sample(self, num_pieces=4, num_steps=64, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-             primer=None, melody=None):
-    """-> list of PianoRoll. primer: PianoRoll or MIDI path; melody: int[T] or MIDI path."""
-    config = ml_collections.ConfigDict(self.config.to_dict())
+             primer=None, melody=None, rules=None, rule_penalty=None):
+    """-> list of PianoRoll. primer: PianoRoll or MIDI path; melody: int[T] or MIDI path.
+
+    rules, rule_penalty: voice-leading rules ('parallels,crossing', 'all'; '' = off) and
+    nats per violation (inf: hard), models/rules.py; None = config.sample's. Each
+    piece's meta then holds 'rule_fallbacks'.
+    """
+    config = self._config_with_rules(rules, rule_penalty)
     config.sample.update(temperature=temperature, top_k=top_k, top_p=top_p)
-    check_request_supported(self.family, primer=primer is not None, melody=melody is not None)
+    check_request_supported(self.family, primer=primer is not None, melody=melody is not None,
+                            rules=config.sample.rules)
     if isinstance(primer, str):
       primer = load_primer(primer, self.steps_per_quarter)
     if isinstance(melody, str):
@@ -332,18 +352,31 @@ class LoadedModel:
                  self.num_voices)
     return to_pianorolls(out, self.steps_per_quarter, self._voice_names())
 
-  def score(self, pieces):
+  def score(self, pieces, rules=None, rule_penalty=None):
     """Likelihood of a list of PianoRoll over whole pieces, in nats per frame.
 
+    rules, rule_penalty: as in sample (None = config.sample's); a finite penalty
+    scores the rule-constrained model (exactly, for an exact family).
     -> dict: the family's metrics (e.g. 'frame_nll'; a latent family's bounds such
     as 'iwae_frame_nll'), 'likelihood' ('exact' or 'bound'), 'select_by' (the main
     metric's key), 'frames', 'pieces', 'seconds'.
     """
     from bach_jax import evaluate, parallel  # pylint: disable=g-import-not-at-top
+    config = self._config_with_rules(rules, rule_penalty)
+    family_lib.check_rules(self.family, config.sample.rules)
     mesh = parallel.make_mesh()
-    fn = evaluate.make_eval_fn(self.family, self.config, mesh)
-    return evaluate.evaluate_pieces(fn, self.family, self.config, self.params, pieces, mesh,
+    fn = evaluate.make_eval_fn(self.family, config, mesh)
+    return evaluate.evaluate_pieces(fn, self.family, config, self.params, pieces, mesh,
                                     self._voices_for(pieces))
+
+  def _config_with_rules(self, rules=None, rule_penalty=None):
+    """A copy of the config with sample.rules / rule_penalty set (None: kept), checked."""
+    config = config_base.add_missing_defaults(ml_collections.ConfigDict(self.config.to_dict()))
+    config.sample.rules = str(config.sample.rules if rules is None else rules)
+    config.sample.rule_penalty = float(
+        config.sample.rule_penalty if rule_penalty is None else rule_penalty)
+    rules_lib.from_config(config)  # ConfigError naming the key.
+    return config
 
   def _voices_for(self, pieces):
     """The voice count to batch `pieces` with: the model's when every piece has those

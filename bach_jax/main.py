@@ -96,6 +96,9 @@ def define_config_flag(argv):
   if not isinstance(config, dict):
     _fail(f'{path}: not a JSON object')
   config = ml_collections.ConfigDict(config)
+  if 'sample' in config:  # A run from before a sample option existed gets its default.
+    from bach_jax import config_base  # pylint: disable=g-import-not-at-top  (no JAX)
+    config_base.add_missing_defaults(config)
   try:  # Parses the --config.KEY overrides of argv already.
     config_flags.DEFINE_config_dict(
         'config', config, f'Defaults to {path}; override keys with --config.KEY=VALUE.',

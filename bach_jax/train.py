@@ -29,6 +29,7 @@ from bach_jax import plotting
 from bach_jax import workdir as workdir_lib
 from bach_jax.data import corpora
 from bach_jax.data import pipeline
+from bach_jax.models import family as family_lib
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,6 +75,7 @@ def setup(config, workdir=None):
     from bach_jax import finetune  # pylint: disable=g-import-not-at-top
     finetune.resolve_config(config)  # The base run's model config, for the family.
   family.validate(config)
+  family_lib.check_rules(family, config.sample.get('rules', ''))
   corpus = corpora.load_corpus(config.data, progress=jax.process_index() == 0)
   family.check_corpus(config, corpus)
   return family, corpus, parallel.make_mesh()

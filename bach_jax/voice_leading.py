@@ -37,6 +37,13 @@ crossings per 100 pair-frames with both voices sounding, spacing per 100
 voice-frames, leaps per 100 voice moves (a voice changing pitch between two
 sounding frames).
 
+The rules themselves (pair_motion, parallel_fifths, parallel_octaves,
+hidden_fifths, hidden_octaves, crossed, wide_spacing, out_of_range) use only
+array operators, so they work on NumPy and on JAX arrays alike: the sampler's
+voice-leading rules (bach_jax/models/rules.py, config.sample.rules, named in
+RULES) call the same functions on each candidate pitch, so a rule means the same
+thing in the metric and in the sampler.
+
 music21 (voiceLeading.VoiceLeadingQuartet, the oracle of the tests) works on
 spelled intervals; these rules are its rules on semitones. Ours agree with its
 parallelFifth, parallelUnisonOrOctave, hiddenFifth and hiddenOctave (these two
@@ -70,48 +77,99 @@ def _per_100(num, den) -> np.ndarray:
     return np.where(den > 0, 100.0 * num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def voices_from_roll(rolls) -> np.ndarray:
+# The sampler's rules (config.sample.rules) -> the rates of VOICE_LEADING_RATES that
+# each one forbids (pairs as counted there: parallels and crossings between any two
+# voices, hidden intervals between the outer voices, spacing within SPACING_PAIRS).
+RULES = {
+    'parallels': ('parallel_fifths', 'parallel_octaves'),
+    'hidden': ('hidden_fifths', 'hidden_octaves'),
+    'crossing': ('voice_crossing',),
+    'spacing': ('spacing',),
+    'range': ('out_of_range',),
+}
+OUTER_PAIR = (0, NUM_VOICES - 1)  # (soprano, bass): the pair of the hidden intervals.
+SPACING_PAIRS = ((0, 1), (1, 2))  # S-A, A-T: at most an octave apart.
+
+
+def voices_from_roll(rolls, xp=np):
   """bool[N, T, 88] -> int[N, T, 4]: the 4 pitches of each 4-note frame, highest first.
 
-  Frames without exactly 4 notes are REST in every voice.
+  Frames without exactly 4 notes are REST in every voice. Any leading shape works
+  (bool[..., 88] -> int[..., 4]); xp: the array module (numpy, or jax.numpy: int32).
   """
-  rolls = np.asarray(rolls, dtype=bool)
-  keys = np.where(rolls, np.arange(NUM_KEYS), -1)
-  top = -np.sort(-keys, axis=2)[..., :NUM_VOICES]
-  four = rolls.sum(axis=2, keepdims=True) == NUM_VOICES
-  return np.where(four, top + LOWEST_PITCH, REST).astype(np.int64)
+  rolls = xp.asarray(rolls, dtype=bool)
+  keys = xp.where(rolls, xp.arange(NUM_KEYS), -1)
+  top = -xp.sort(-keys, axis=-1)[..., :NUM_VOICES]
+  four = rolls.sum(axis=-1, keepdims=True) == NUM_VOICES
+  return xp.where(four, top + LOWEST_PITCH, REST).astype(np.int64 if xp is np else 'int32')
 
 
-def _pair_motion(voices: np.ndarray, upper: int, lower: int) -> dict:
-  """Motion of one pair of voices over the transitions t-1 -> t.
+# The rules on (broadcastable) arrays of MIDI pitches, REST = -1: operators only, so
+# NumPy and JAX arrays both work (the metric below, and models/rules.py's sampler).
 
-  Args:
-    voices: int[N, T, 4] pitches, REST beyond the lengths.
-    upper, lower: voice indices, upper above lower in the score.
+def pair_motion(u0, u1, l0, l1) -> dict:
+  """Motion of a pair of voices (upper u above lower l in the score) from frame t-1 to t.
+
+  Args: the pitches u0, u1 (upper voice before, after) and l0, l1 (lower voice).
 
   Returns:
-    bool[N, T-1] 'moves', 'similar', 'contrary' and int[N, T-1] 'before',
-    'after' (vertical intervals |u - l|) and 'step' (the upper voice's motion).
+    bool 'moves', 'similar', 'contrary' and int 'before', 'after' (vertical
+    intervals |u - l|) and 'step' (the upper voice's motion |u1 - u0|), of the
+    arguments' broadcast shape.
   """
-  u0, u1 = voices[:, :-1, upper], voices[:, 1:, upper]
-  l0, l1 = voices[:, :-1, lower], voices[:, 1:, lower]
   sound = (u0 != REST) & (u1 != REST) & (l0 != REST) & (l1 != REST)
   du, dl = u1 - u0, l1 - l0
   return {'moves': sound & ((du != 0) | (dl != 0)),
           'similar': sound & (du * dl > 0), 'contrary': sound & (du * dl < 0),
-          'before': np.abs(u0 - l0), 'after': np.abs(u1 - l1), 'step': np.abs(du)}
+          'before': abs(u0 - l0), 'after': abs(u1 - l1), 'step': abs(du)}
 
 
-def _parallel_fifths(m: dict) -> np.ndarray:
+def _pair_motion(voices: np.ndarray, upper: int, lower: int) -> dict:
+  """pair_motion of voices upper, lower of int[N, T, 4] over t-1 -> t: [N, T-1] each."""
+  return pair_motion(voices[:, :-1, upper], voices[:, 1:, upper],
+                     voices[:, :-1, lower], voices[:, 1:, lower])
+
+
+def parallel_fifths(m: dict):
+  """bool: a parallel fifth (module docstring) in the motion m of pair_motion."""
   fifths = (m['before'] % 12 == 7) & (m['after'] % 12 == 7)
   return (m['similar'] | m['contrary']) & fifths
 
 
-def _parallel_octaves(m: dict) -> np.ndarray:
+def parallel_octaves(m: dict):
+  """bool: parallel octaves or unisons (module docstring) in the motion m."""
   b, a = m['before'], m['after']
   unisons = (b == 0) & (a == 0)
   octaves = (b > 0) & (a > 0) & (b % 12 == 0) & (a % 12 == 0)
   return (m['similar'] & (unisons | octaves)) | (m['contrary'] & (b % 12 == 0) & (a % 12 == 0))
+
+
+def hidden_fifths(m: dict, soprano_leap: int = SOPRANO_LEAP):
+  """bool: similar motion into a fifth, not a parallel one, the upper voice leaping."""
+  into = m['similar'] & (m['step'] >= soprano_leap)
+  return into & (m['after'] % 12 == 7) & ~parallel_fifths(m)
+
+
+def hidden_octaves(m: dict, soprano_leap: int = SOPRANO_LEAP):
+  """bool: similar motion into an octave or unison, not a parallel one, the upper leaping."""
+  into = m['similar'] & (m['step'] >= soprano_leap)
+  return into & (m['after'] % 12 == 0) & ~parallel_octaves(m)
+
+
+def crossed(upper, lower):
+  """bool: both sound and the lower voice is strictly above the upper one."""
+  return (upper != REST) & (lower != REST) & (lower > upper)
+
+
+def wide_spacing(upper, lower):
+  """bool: both sound more than an octave apart (upper above lower)."""
+  return (upper != REST) & (lower != REST) & (upper - lower > 12)
+
+
+def out_of_range(pitch, voice: int):
+  """bool: a sounding pitch outside VOICE_RANGES[voice]."""
+  low, high = VOICE_RANGES[voice]
+  return (pitch != REST) & ((pitch < low) | (pitch > high))
 
 
 def voice_leading_counts(voices, lengths, soprano_leap: int = SOPRANO_LEAP) -> dict:
@@ -141,26 +199,22 @@ def voice_leading_counts(voices, lengths, soprano_leap: int = SOPRANO_LEAP) -> d
   for upper in range(NUM_VOICES):
     for lower in range(upper + 1, NUM_VOICES):
       m = _pair_motion(voices, upper, lower)
-      counts['parallel_fifths'] += _parallel_fifths(m).sum(axis=1)
-      counts['parallel_octaves'] += _parallel_octaves(m).sum(axis=1)
+      counts['parallel_fifths'] += parallel_fifths(m).sum(axis=1)
+      counts['parallel_octaves'] += parallel_octaves(m).sum(axis=1)
       counts['pair_transitions'] += m['moves'].sum(axis=1)
+      u, l = voices[..., upper], voices[..., lower]
       both = sounding[..., upper] & sounding[..., lower]
-      gap = voices[..., upper] - voices[..., lower]
-      counts['voice_crossings'] += (both & (gap < 0)).sum(axis=1)
+      counts['voice_crossings'] += crossed(u, l).sum(axis=1)
       counts['pair_frames'] += both.sum(axis=1)
-      if lower == upper + 1 and lower < NUM_VOICES - 1:  # S-A, A-T.
-        counts['spacing'] += (both & (gap > 12)).sum(axis=1)
+      if (upper, lower) in SPACING_PAIRS:
+        counts['spacing'] += wide_spacing(u, l).sum(axis=1)
         counts['spacing_frames'] += both.sum(axis=1)
-  outer = _pair_motion(voices, 0, NUM_VOICES - 1)
-  into = outer['similar'] & (outer['step'] >= soprano_leap)
-  counts['hidden_fifths'] = (into & (outer['after'] % 12 == 7)
-                             & ~_parallel_fifths(outer)).sum(axis=1)
-  counts['hidden_octaves'] = (into & (outer['after'] % 12 == 0)
-                              & ~_parallel_octaves(outer)).sum(axis=1)
+  outer = _pair_motion(voices, *OUTER_PAIR)
+  counts['hidden_fifths'] = hidden_fifths(outer, soprano_leap).sum(axis=1)
+  counts['hidden_octaves'] = hidden_octaves(outer, soprano_leap).sum(axis=1)
   counts['outer_transitions'] = outer['moves'].sum(axis=1)
-  low = np.array([r[0] for r in VOICE_RANGES])
-  high = np.array([r[1] for r in VOICE_RANGES])
-  counts['out_of_range'] = (sounding & ((voices < low) | (voices > high))).sum(axis=(1, 2))
+  counts['out_of_range'] = sum(out_of_range(voices[..., v], v).sum(axis=1)
+                               for v in range(NUM_VOICES))
   counts['voice_frames'] = sounding.sum(axis=(1, 2))
   steps = voices[:, 1:] - voices[:, :-1]
   moved = sounding[:, 1:] & sounding[:, :-1] & (steps != 0)

@@ -27,7 +27,12 @@ Functions (all pure; `config` is the run's ConfigDict, bound with partial):
                                             without a likelihood, whose selection metric
                                             (metric_distance of its samples) evaluate.py adds
   sample(config, params, rng, request)      -> {'roll': bool[N, T, 88], 'voices'?:
-                                            int32[N, T, V]}; request: common.SampleRequest
+                                            int32[N, T, V], 'rule_fallbacks'?: int32[N]};
+                                            request: common.SampleRequest
+
+A family with CAPABILITIES.rules applies config.sample.rules (the voice-leading rules
+of models/rules.py) in sample() and scores under them in eval_step; the others are
+refused by `check_rules` wherever the option is set (train.setup, generate).
 
 Latent families (CAPABILITIES.latent) also provide
   encode(config, params, batch, rng)        -> {'z': [B, n, ...] the latent of each segment of
@@ -66,6 +71,8 @@ class Capabilities:
     voices: the model uses the corpus's voices; sampling on a corpus with another
       voice count is refused.
     latent: encode / decode exist (reconstruction, interpolation).
+    rules: sample() constrains its slot heads by config.sample.rules (voice-leading
+      rules, models/rules.py) and eval_step scores the constrained model.
     builds_on: '' or the family whose trained run this one starts from (its params
       through train.init_from / init_from_into, e.g. a prior over a frozen VQ-VAE);
       its configs set those keys, and the tests train the base family first.
@@ -76,6 +83,7 @@ class Capabilities:
   melody: bool = False
   voices: bool = False
   latent: bool = False
+  rules: bool = False
   builds_on: str = ''
 
   def describe(self, metric=None):
@@ -98,3 +106,13 @@ def check_family(name, module):
   if missing:
     raise ConfigError(f'model family {name!r} ({module.__name__}) lacks {missing}')
   return module
+
+
+def check_rules(module, rules):
+  """ConfigError naming config.sample.rules when `rules` (its value) is set and the
+  family cannot apply voice-leading rules (CAPABILITIES.rules)."""
+  if str(rules or '').strip(',').strip() and not module.CAPABILITIES.rules:
+    name = module.__name__.rsplit('.', 1)[-1]
+    raise ConfigError(f'config.sample.rules={rules!r}: the {name} family does not apply '
+                      'voice-leading rules (its sampler has no slot heads choosing a '
+                      "frame's voices one by one under them); leave config.sample.rules empty")

@@ -160,13 +160,34 @@ def choose_slots(info, head_fn, forced, key, temperature=1.0, top_k=0, top_p=1.0
   forced[:, j] >= 0 clamps slot j, -1 samples it (temperature / top-k / top-p);
   the log-probability is the unfiltered model's, so forcing every slot scores data.
   """
+  return _choose(info, head_fn, forced, key, temperature, top_k, top_p)[:2]
+
+
+def choose_slots_with_rules(info, head_fn, forced, key, adjust, temperature=1.0, top_k=0,
+                            top_p=1.0):
+  """choose_slots under voice-leading rules (models/rules.py): each head's masked logits
+  go through adjust(j, logits, slots) -> (logits float[N, C], fallback bool[N]) before
+  they are filtered and sampled, and log p is the constrained model's (its teacher-forced
+  twin: mask_all then rules.apply_all). Clamped slots are kept as they are.
+
+  -> (slots int32[N, S], log p(slots) float[N], fallbacks int32[N]: sampled heads at
+  which every pitch broke a rule).
+  """
+  return _choose(info, head_fn, forced, key, temperature, top_k, top_p, adjust)
+
+
+def _choose(info, head_fn, forced, key, temperature, top_k, top_p, adjust=None):
   slots = jnp.zeros(forced.shape, jnp.int32)
   logp = jnp.zeros(forced.shape[:1], jnp.float32)
+  fallbacks = jnp.zeros(forced.shape[:1], jnp.int32) if adjust is not None else None
   for j in range(info.num_slots):
     logits = _mask_logits(info, j, head_fn(j, slots), slots[:, j - 1] if j else None)
+    if adjust is not None:
+      logits, fallback = adjust(j, logits, slots)
+      fallbacks += (fallback & (forced[:, j] < 0)).astype(jnp.int32)
     drawn = jax.random.categorical(
         jax.random.fold_in(key, j), common.filter_logits(logits, temperature, top_k, top_p))
     choice = jnp.where(forced[:, j] >= 0, forced[:, j], drawn).astype(jnp.int32)
     slots = slots.at[:, j].set(choice)
     logp += jnp.take_along_axis(jax.nn.log_softmax(logits), choice[:, None], -1)[:, 0]
-  return slots, logp
+  return slots, logp, fallbacks

@@ -34,6 +34,10 @@ Two ways of cutting a frame into slots:
 Sampling is one lax.scan over steps with the LSTM carry and an attention cache
 (keys/values in a fixed [N, T, heads, d] buffer) threaded through; `make_step_fn`
 is shared with `score_stepwise`, which the tests compare with `eval_step`.
+
+Voice-leading rules (config.sample.rules, models/rules.py) constrain the heads when
+sampling; eval_step scores under the same rules (a finite penalty), so its frame
+NLL is the constrained model's, exactly. Training never applies them.
 """
 
 import flax.linen as nn
@@ -44,13 +48,14 @@ from bach_jax import config_base
 from bach_jax.models import common
 from bach_jax.models import family
 from bach_jax.models import heads
+from bach_jax.models import rules as rules_lib
 from bach_jax.models.common import filter_logits  # pylint: disable=unused-import (tests)
 from bach_jax.models.frame_slots import (NEG, NUM_KEYS, _info, frame_slots, slots_to_frame,
                                          voice_classes)
 from bach_jax.models.layers import LSTMStack
 
 CAPABILITIES = family.Capabilities(likelihood='exact', select_by='frame_nll', primer=True,
-                                   melody=True, voices=True)
+                                   melody=True, voices=True, rules=True)
 
 
 # ----------------------------------------------------------------- config
@@ -174,20 +179,28 @@ def make_model(config, info):
 
 # --------------------------------------------------------- family surface
 
-def frame_logits(config, params, batch, rng=None):
-  """Teacher-forced masked logits float[B, T-1, S, C] and target slots int32[B, T-1, S]."""
+def frame_logits(config, params, batch, rng=None, rules=None):
+  """Teacher-forced masked logits float[B, T-1, S, C] and target slots int32[B, T-1, S].
+
+  rules: a rules.RuleSet (None: off): the logits of the model constrained by them.
+  """
   info = _info(config, batch, params)
   model = make_model(config, info)
   roll, start, vcls, target = heads.frame_inputs_targets(info, batch)
   x = model.apply({'params': params}, roll, start, vcls, method=LSTMAttn.embed_inputs)
   logits = model.apply({'params': params}, x, target, deterministic=rng is None,
                        rngs=None if rng is None else {'dropout': rng})
-  return heads.mask_all(info, logits, target), target
+  logits = heads.mask_all(info, logits, target)
+  if rules is not None:
+    rules_lib.check_layout(info)
+    prev = rules_lib.previous_voices(info, roll, vcls)
+    logits = rules_lib.apply_all(info, rules, logits, target, prev)
+  return logits, target
 
 
-def frame_nll(config, params, batch, rng=None):
-  """-log p(frame t | frames < t): float[B, T-1] (nats), exact."""
-  return heads.slot_nll(*frame_logits(config, params, batch, rng))
+def frame_nll(config, params, batch, rng=None, rules=None):
+  """-log p(frame t | frames < t): float[B, T-1] (nats), exact (under `rules`, if any)."""
+  return heads.slot_nll(*frame_logits(config, params, batch, rng, rules))
 
 
 input_size = heads.input_size
@@ -209,9 +222,13 @@ def train_step(config, state, batch, rng):
 
 
 def eval_step(config, params, batch, rng=None):
-  """batch: roll bool[B, T, 88], frame_mask bool[B, T] (+ voices) -> summed NLL, frames."""
+  """batch: roll bool[B, T, 88], frame_mask bool[B, T] (+ voices) -> summed NLL, frames.
+
+  Under config.sample.rules (a finite rule_penalty) the NLL is the constrained model's.
+  """
   del rng  # Exact and deterministic.
-  return common.nll_eval_sums(frame_nll(config, params, batch), batch)
+  nll = frame_nll(config, params, batch, rules=rules_lib.for_scoring(config))
+  return common.nll_eval_sums(nll, batch)
 
 
 summarize = common.summarize_frame_nll
@@ -219,13 +236,17 @@ summarize = common.summarize_frame_nll
 
 # ------------------------------------------------------- step-by-step path
 
-def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0):
+def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0, rules=None,
+                 lookahead=False):
   """-> step(state, (forced int32[N, S], key)) -> (state, (slots int32[N, S], logp float[N])).
 
   state = (lstm carry, attention cache or None, roll_prev bool[N, 88], vcls_prev
   int32[N, V] or None, t int32). forced[:, j] >= 0 clamps slot j, -1 samples it
   (temperature / top-k / top-p); logp is log p(chosen frame) under the
-  unfiltered model, so teacher-forcing every slot scores the data.
+  unfiltered model, so teacher-forcing every slot scores the data. With rules (a
+  rules.RuleSet) the heads are constrained, logp is the constrained model's and the
+  step also outputs fallbacks int32[N] (heads.choose_slots_with_rules); lookahead:
+  a head also keeps the rules with clamped slots after it (harmonization).
   """
   model = make_model(config, info)
   apply = lambda *a, **k: model.apply({'params': params}, *a, **k)
@@ -237,9 +258,16 @@ def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0):
     x = apply(roll_prev, start, vcls_prev, method=LSTMAttn.embed_inputs)
     z, carry, cache = apply(x, carry, cache, t, method=LSTMAttn.encode_step)
     head = lambda j, slots: apply(j, z, slots, method=LSTMAttn.head_logits)
-    slots, logp = heads.choose_slots(info, head, forced, key, temperature, top_k, top_p)
-    roll, vcls = slots_to_frame(info, slots)
-    return (carry, cache, roll, vcls, t + 1), (slots, logp)
+    if rules is None:
+      out = heads.choose_slots(info, head, forced, key, temperature, top_k, top_p)
+    else:
+      adjust = rules_lib.make_adjust(
+          info, rules, rules_lib.previous_voices(info, roll_prev, vcls_prev),
+          forced if lookahead else None)
+      out = heads.choose_slots_with_rules(info, head, forced, key, adjust, temperature, top_k,
+                                          top_p)
+    roll, vcls = slots_to_frame(info, out[0])
+    return (carry, cache, roll, vcls, t + 1), out
 
   return step
 
@@ -257,7 +285,7 @@ def _start_state(config, params, info, n, num_steps):
   return (carry, cache, jnp.zeros((n, NUM_KEYS), bool), vcls, jnp.zeros((), jnp.int32))
 
 
-def score_stepwise(config, params, batch):
+def score_stepwise(config, params, batch, rules=None):
   """frame_nll through the sampling path (cache + carry, one step at a time): [B, T-1]."""
   info = _info(config, batch, params)
   roll, voices = batch['roll'], batch.get('voices') if info.num_voices else None
@@ -267,8 +295,10 @@ def score_stepwise(config, params, batch):
   first_vcls = None if voices is None else voice_classes(info, voices[:, 0])
   state = state[:2] + (roll[:, 0], first_vcls) + state[4:]
   keys = jax.random.split(jax.random.key(0), t - 1)
-  _, (_, logp) = jax.lax.scan(make_step_fn(config, params, info), state,
-                              (jnp.swapaxes(target, 0, 1), keys))
+  if rules is not None:
+    rules_lib.check_layout(info)
+  _, (_, logp, *_) = jax.lax.scan(make_step_fn(config, params, info, rules=rules), state,
+                                  (jnp.swapaxes(target, 0, 1), keys))
   return -jnp.swapaxes(logp, 0, 1)
 
 
@@ -281,8 +311,13 @@ def sample(config, params, rng, request):
   top_p. request.melody int[N, P + num_steps] (REST -1) clamps the soprano
   (voice 0; in set mode the top note, soprano_first only) at every sampled step.
   The roll is the union of the sampled voices (set mode: of the sampled notes).
+  Under config.sample.rules the heads are constrained (clamped slots are kept) and
+  the output also holds 'rule_fallbacks' int32[N] (models/rules.py).
   """
   info = _info(config, params=params)
+  rules = rules_lib.from_config(config)
+  if rules is not None:
+    rules_lib.check_layout(info)
   n, steps = request.num_pieces, request.num_steps
   total = steps
   forced = jnp.full((n, steps, info.num_slots), -1, jnp.int32)
@@ -304,11 +339,14 @@ def sample(config, params, rng, request):
     sampled = jnp.arange(total) >= total - steps
     forced = forced.at[:, :, slot].set(jnp.where(sampled[None], mel, forced[:, :, slot]))
   state = _start_state(config, params, info, n, total)
-  step = make_step_fn(config, params, info, request.temperature, request.top_k, request.top_p)
-  _, (slots, _) = jax.lax.scan(step, state,
-                               (jnp.swapaxes(forced, 0, 1), jax.random.split(rng, total)))
+  step = make_step_fn(config, params, info, request.temperature, request.top_k, request.top_p,
+                      rules, lookahead=request.melody is not None)
+  _, (slots, _, *fallbacks) = jax.lax.scan(
+      step, state, (jnp.swapaxes(forced, 0, 1), jax.random.split(rng, total)))
   roll, vcls = slots_to_frame(info, jnp.swapaxes(slots, 0, 1))
   out = {'roll': roll}
   if info.num_voices:
     out['voices'] = jnp.where(vcls == info.num_keys, -1, vcls + info.lo).astype(jnp.int32)
+  if rules is not None:
+    out['rule_fallbacks'] = jnp.sum(fallbacks[0], axis=0)
   return out
