@@ -20,24 +20,22 @@ import functools
 import json
 import sys
 import time
-import wave
 
 import jax
 import ml_collections
 import numpy as np
-import pretty_midi
 
 from bach_jax import checkpoints
 from bach_jax import config_base
 from bach_jax import models
 from bach_jax import plotting
 from bach_jax import workdir as workdir_lib
+from bach_jax.audio import SAMPLE_RATE, render_audio, write_wav  # pylint: disable=unused-import
 from bach_jax.data import pianoroll
 from bach_jax.models import family as family_lib
 from bach_jax.models import rules as rules_lib
 from bach_jax.models.common import SampleRequest
 
-SAMPLE_RATE = 22050
 MAX_WAV_SECONDS = 600.0  # Longer pieces get no .wav (16-bit mono: 26 MB at this length).
 LONG_SAMPLE_STEPS = 4096  # Requests of this many steps or more announce themselves.
 TRIAL_STEPS = 256  # The short run that estimates a long request's duration.
@@ -205,43 +203,6 @@ def to_pianorolls(out, steps_per_quarter, voice_names=None):
   return pieces
 
 
-def render_audio(pm, fs=SAMPLE_RATE):
-  """PrettyMIDI -> float32 mono audio: pretty_midi's sine synthesizer (exponential decay,
-  0.1 s fade-out, velocity as gain; no soundfont), rendered note by note into one
-  buffer (pretty_midi's own keeps several float64 copies of the whole piece)."""
-  audio = np.zeros(int(fs * (pm.get_end_time() + 1)), np.float32)
-  fade = np.linspace(1, 0, int(0.1 * fs))
-  for inst in pm.instruments:
-    if inst.is_drum:
-      continue
-    for note in inst.notes:
-      a, b = int(fs * note.start), int(fs * note.end)
-      if b <= a:
-        continue
-      t = np.arange(b - a)
-      env = np.exp(-t / fs)
-      if env.size > fade.size:
-        env[-fade.size:] *= fade
-      else:
-        env *= np.linspace(1, 0, env.size)
-      freq = pretty_midi.note_number_to_hz(note.pitch)
-      audio[a:b] += (env * note.velocity * np.sin(2 * np.pi * freq / fs * t)).astype(np.float32)
-  return audio
-
-
-def write_wav(path, pm):
-  """Renders a PrettyMIDI (render_audio) as 16-bit mono WAV at `path` (through epath)."""
-  audio = render_audio(pm)
-  peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-  pcm = (audio * (0.8 * 32767 / peak) if peak > 0 else audio).astype('<i2')
-  del audio
-  with workdir_lib.as_path(path).open('wb') as f, wave.open(f, 'wb') as w:
-    w.setnchannels(1)
-    w.setsampwidth(2)
-    w.setframerate(SAMPLE_RATE)
-    w.writeframes(pcm.tobytes())
-
-
 def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True):
   """Writes PREFIX_i.mid, .png (and .wav up to MAX_WAV_SECONDS) per piece -> .mid paths.
 
@@ -320,10 +281,20 @@ def soprano_line(piece):
 
 
 class LoadedModel:
-  """A trained model from a workdir: samples and scores without knowing the config.
+  """A trained run (bach_jax.load_model, an example there): samples, scores and writes
+  pieces without knowing its config.
 
-  Attributes: config (ConfigDict), family (module), params, step, num_voices,
-  steps_per_quarter.
+  Pieces in and out are bach_jax.data.PianoRoll: roll bool[T, 88] (key k is MIDI
+  pitch 21 + k), voices int16[T, V] (MIDI pitch per voice, -1 rest; S, A, T, B) or
+  None, steps_per_quarter (frames per quarter note) and meta (a dict);
+  bach_jax.data.from_midi(path, steps_per_quarter=model.steps_per_quarter) reads one.
+  Every family: sample, score, write. Latent families only (VAE, VQ-VAE:
+  family.CAPABILITIES.latent): encode, decode, reconstruct, interpolate; the others
+  raise latent_ops.LatentError. Options a family lacks (primer, melody: the LSTMs;
+  rules: lstm_attn) raise SampleError / ConfigError naming them before anything runs.
+
+  Attributes: config (the run's ConfigDict), family (its models/ module), params, step
+  (the checkpoint's), num_voices (the corpus's voices, or None), steps_per_quarter.
   """
 
   def __init__(self, config, family, params, step, meta):
@@ -333,11 +304,18 @@ class LoadedModel:
 
   def sample(self, num_pieces=4, num_steps=64, temperature=1.0, top_k=0, top_p=1.0, seed=0,
              primer=None, melody=None, rules=None, rule_penalty=None):
-    """-> list of PianoRoll. primer: PianoRoll or MIDI path; melody: int[T] or MIDI path.
+    """New pieces -> list of num_pieces PianoRoll (a new shape compiles first).
 
-    rules, rule_penalty: voice-leading rules ('parallels,crossing', 'all'; '' = off) and
-    nats per violation (inf: hard), models/rules.py; None = config.sample's. Each
-    piece's meta then holds 'rule_fallbacks'.
+    num_steps: frames per piece (steps_per_quarter to a beat); temperature (> 0;
+    < 1 safer), top_k (0: off), top_p (1.0: off) filter each output distribution;
+    the same seed, arguments and checkpoint give the same pieces. A latent family
+    draws z from its prior (scaled by config.sample.latent_temperature). primer: a
+    PianoRoll or MIDI path to continue; the pieces start with its P frames (P +
+    num_steps in all). melody: int[T] soprano MIDI pitches (-1 rest) or a MIDI path
+    (its top voice) to harmonize; the pieces then have T frames (num_steps unused).
+    rules, rule_penalty: voice-leading rules ('parallels,crossing', 'all'; '' = off;
+    docs/rules.md) and nats per violation (inf: hard); None = config.sample's; each
+    piece's meta then holds 'rule_fallbacks' (choices where every pitch broke a rule).
     """
     config = self._config_with_rules(rules, rule_penalty)
     config.sample.update(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -353,13 +331,16 @@ class LoadedModel:
     return to_pianorolls(out, self.steps_per_quarter, self._voice_names())
 
   def score(self, pieces, rules=None, rule_penalty=None):
-    """Likelihood of a list of PianoRoll over whole pieces, in nats per frame.
+    """Scores a list of whole pieces (PianoRoll) -> dict; the same pieces, same numbers.
 
-    rules, rule_penalty: as in sample (None = config.sample's); a finite penalty
-    scores the rule-constrained model (exactly, for an exact family).
-    -> dict: the family's metrics (e.g. 'frame_nll'; a latent family's bounds such
-    as 'iwae_frame_nll'), 'likelihood' ('exact' or 'bound'), 'select_by' (the main
-    metric's key), 'frames', 'pieces', 'seconds'.
+    Likelihoods are nats per frame over every frame of every piece (lower is better):
+    'frame_nll' (exact: the LSTMs), or upper bounds on it: the VAE's 'iwae_frame_nll'
+    (and 'nelbo_frame_nll', ...), the VQ-VAE's 'code_bound_frame_nll'. The GAN has
+    none: 'metric_distance' of its samples to the pieces. 'select_by' names the main
+    key (result[result['select_by']]); 'likelihood': 'exact', 'bound' or 'none';
+    also 'frames', 'pieces', 'seconds'. rules, rule_penalty: as in sample; a finite
+    penalty scores the rule-constrained model (exactly, for an exact family).
+    SampleError when the model reads voices (a voice corpus) and a piece has none.
     """
     from bach_jax import evaluate, parallel  # pylint: disable=g-import-not-at-top
     config = self._config_with_rules(rules, rule_penalty)
@@ -397,13 +378,16 @@ class LoadedModel:
   # Latent families (CAPABILITIES.latent); the others raise latent_ops.LatentError.
 
   def encode(self, pieces):
-    """-> list (one per piece) of its latents [segments, ...] (the VAE: posterior means)."""
+    """-> list (one per piece) of its latents, a row per segment: the VAE's posterior
+    means float32[segments, latent_dim], the VQ-VAE's codes int32[segments, patterns]."""
     from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     return latent_ops.encode_pieces(self.family, self.config, self.params, pieces,
                                     self._voices_for(pieces))
 
   def decode(self, z, num_steps=None, greedy=True, temperature=1.0, seed=0):
-    """Latents [N, segments, ...] -> list of PianoRoll (greedy: the most likely output)."""
+    """Latents [N, segments, ...] (encode's, stacked) -> list of N PianoRoll, num_steps
+    frames (None: every segment's). greedy: the most likely output; else sampled at
+    temperature from seed."""
     from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     z = np.asarray(z)
     out = latent_ops.decode(self.family, self.config, self.params, z, num_steps, seed, greedy,
@@ -411,15 +395,17 @@ class LoadedModel:
     return to_pianorolls(out, self.steps_per_quarter, self._voice_names())
 
   def reconstruct(self, pieces):
-    """Encode, then decode greedily -> (list of PianoRoll, accuracy stats dict)."""
+    """Encode, then decode greedily -> (list of PianoRoll, stats): key_accuracy,
+    note_precision, note_recall, frame_accuracy over all frames; frames, pieces."""
     from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     return latent_ops.reconstruct(self.family, self.config, self.params, pieces,
                                   self._voices_for(pieces), self._voice_names())
 
   def interpolate(self, piece_a, piece_b, num_points=5):
-    """num_points pieces decoded along the path from piece_a's latents to piece_b's
-    (the VAE: spherical interpolation of the posterior means); the ends are the two
-    reconstructions. Pieces: PianoRoll or MIDI paths."""
+    """-> num_points PianoRoll decoded (greedily) along the path from piece_a's latents
+    to piece_b's (the VAE: slerp of posterior means; the VQ-VAE: codes swapped in);
+    the ends are the two reconstructions. Pieces: PianoRoll or MIDI paths, both cut
+    to the shorter one."""
     from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     a, b = (load_primer(p, self.steps_per_quarter) if isinstance(p, str) else p
             for p in (piece_a, piece_b))
@@ -430,16 +416,16 @@ class LoadedModel:
     return ['Soprano', 'Alto', 'Tenor', 'Bass'] if self.num_voices == 4 else None
 
   def write(self, pieces, outdir, prefix='sample', wav=True):
+    """PREFIX_i.mid (an instrument per voice), .png and .wav (wav=False, or a piece over
+    MAX_WAV_SECONDS: none) per piece into outdir (created; gs:// works) at
+    config.sample.qpm -> list of the .mid paths."""
     return write_pieces(pieces, outdir, prefix, qpm=self.config.sample.qpm, wav=wav)
 
 
 def load_model(workdir, step=None, best=True, warn=None):
-  """Restores the best (or latest, or a given step's) checkpoint of a workdir.
-
-  Reads only (a read-only workdir works). A checkpoint that does not restore gets
-  a warning naming its path (on stderr, or through `warn`) and the next one is
-  used: an older best, then the latest ones, newest first.
-  """
+  """bach_jax.load_model (documented there), plus best=False: the latest checkpoint
+  even where a best one exists; warn: a callable that gets each warning line
+  (default: stderr)."""
   config = ml_collections.ConfigDict(checkpoints.read_config_dict(workdir))
   family = models.get_family(config.model.name)
   ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints, read_only=True)
