@@ -40,9 +40,9 @@ def _config(name, trained_run, **overrides):
   return config
 
 
-def _losses(workdir):
-  return {r['step']: r['train/loss'] for r in metric_writers.read_metrics(workdir)
-          if 'train/loss' in r}
+def _losses(workdir, key='loss'):
+  return {r['step']: r[f'train/{key}'] for r in metric_writers.read_metrics(workdir)
+          if f'train/{key}' in r}
 
 
 @pytest.fixture(scope='module', params=FAMILIES)
@@ -74,11 +74,12 @@ def test_family_trains_evaluates_and_samples(run):
   name, workdir, result = run
   family = models.get_family(name)
   caps = family.CAPABILITIES
-  losses = _losses(workdir)
+  sign = -1 if caps.learns_by.startswith('-') else 1
+  learns = _losses(workdir, caps.learns_by.lstrip('-'))
   n = RUN_STEPS
-  assert sorted(losses) == list(range(1, n + 1))
-  assert np.mean([losses[s] for s in range(n - 3, n + 1)]) < np.mean([losses[s]
-                                                                   for s in range(1, 5)])
+  assert sorted(learns) == list(range(1, n + 1))
+  assert sign * np.mean([learns[s] for s in range(n - 3, n + 1)]) < sign * np.mean(
+      [learns[s] for s in range(1, 5)]), learns
   assert result['likelihood'] == caps.likelihood
   if caps.likelihood != 'none':
     for split in ('valid', 'test'):

@@ -7,6 +7,7 @@ directory and are renamed into place, so an interrupted preparation never
 leaves a file a later run would trust.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +31,28 @@ def path_for(cache_dir: str, kind: str, key: dict) -> str:
   """Cache file of a source: KIND-<hash of the key>.npz in cache_dir."""
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
   return os.path.join(os.path.expanduser(cache_dir), f'{kind}-{digest}.npz')
+
+
+@contextlib.contextmanager
+def build_lock(path: str):
+  """Holds an exclusive lock on <path>.lock (POSIX flock) while a cache file is built:
+  a second process (or thread) preparing the same source waits, then reads the
+  file. Where no lock can be taken (no fcntl, a read-only folder) it does not wait."""
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    f = open(f'{path}.lock', 'a')  # pylint: disable=consider-using-with
+  except (ImportError, OSError):
+    yield
+    return
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:  # A filesystem without locks (some network mounts).
+      pass
+    yield
+  finally:
+    f.close()  # Releases the lock.
 
 
 def write(path: str, key: dict, splits: dict, skipped: list, grid: int):

@@ -53,7 +53,10 @@ Cache: one .npz per (source, file names/sizes/mtimes or package version, grid,
 transpose, min_steps, format version) under data.cache_dir, else
 $BACH_JAX_CACHE, else ~/.cache/bach_jax; written to a temp file and
 os.replace'd into place, so concurrent or interrupted runs never leave a
-half-written cache that a later run would trust.
+half-written cache that a later run would trust. Runs that start at once on one
+machine (test workers, the processes of one host) prepare a source once: the
+first holds a lock (<cache file>.lock) while it builds, the others then read
+its cache.
 """
 
 import concurrent.futures
@@ -222,7 +225,10 @@ def chorale_to_pretty_midi(path: str):
   """
   import music21  # pylint: disable=g-import-not-at-top  (heavy; workers only)
   import pretty_midi  # pylint: disable=g-import-not-at-top
-  score = music21.converter.parse(path)
+  # From the source, never through music21's pickle cache: it writes each pickle in
+  # place in a shared scratch folder, and a concurrent build (two runs, two test
+  # workers) reading a half-written one lost a chorale from the corpus.
+  score = music21.converter.parse(path, forceSource=True, storePickle=False)
   parts = list(score.parts)
   keep = satb_indices([p.partName for p in parts])
   for i, part in enumerate(parts):
@@ -442,10 +448,19 @@ def load_corpus(data_config, cache_dir: Optional[str] = None,
     raise CorpusError(f'{path}: no .mid/.midi files found')
   cache_path = cache.path_for(cache_dir, kind, key)
   cached = cache.read(cache_path, key)
-  if cached is not None:
-    splits, skipped, grid = cached
-    return _corpus(splits, skipped, data['source'], grid, cache_path, True)
+  if cached is None:
+    with cache.build_lock(cache_path):
+      cached = cache.read(cache_path, key)  # Built by another process while we waited?
+      if cached is None:
+        splits, skipped, grid = _build(kind, path, data, workers, progress)
+        cache.write(cache_path, key, splits, skipped, grid)
+        return _corpus(splits, skipped, data['source'], grid, cache_path, False)
+  splits, skipped, grid = cached
+  return _corpus(splits, skipped, data['source'], grid, cache_path, True)
 
+
+def _build(kind, path, data, workers, progress):
+  """Prepares every piece of a source -> (splits, skipped, grid)."""
   if kind == 'jsb':
     grid, results = _jsb_pieces(path, data)
   elif kind == 'midi_dir':
@@ -468,8 +483,7 @@ def load_corpus(data_config, cache_dir: Optional[str] = None,
     raise CorpusError(f'{path or kind}: no usable piece ({len(skipped)} files skipped, '
                       f'first: {skipped[0][0] if skipped else "-"}: '
                       f'{skipped[0][1] if skipped else "-"})')
-  cache.write(cache_path, key, splits, skipped, grid)
-  return _corpus(splits, skipped, data['source'], grid, cache_path, False)
+  return splits, skipped, grid
 
 
 def _corpus(splits, skipped, source, grid, cache_path, hit) -> Corpus:

@@ -76,6 +76,10 @@ class Capabilities:
     builds_on: '' or the family whose trained run this one starts from (its params
       through train.init_from / init_from_into, e.g. a prior over a frozen VQ-VAE);
       its configs set those keys, and the tests train the base family first.
+    learns_by: the train metric that falls as the model learns; a leading '-' for one
+      that rises. 'loss' for a likelihood or a bound; not a critic's loss, which
+      tracks the generator and spikes with its gradient penalty: a GAN's critic
+      learns to tell real from generated, '-wasserstein'.
   """
   likelihood: str
   select_by: str
@@ -85,6 +89,7 @@ class Capabilities:
   latent: bool = False
   rules: bool = False
   builds_on: str = ''
+  learns_by: str = 'loss'
 
   def describe(self, metric=None):
     """'exact' / 'bound' / 'no likelihood' for a metric of the family's (default select_by)."""

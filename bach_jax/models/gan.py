@@ -39,7 +39,7 @@ from bach_jax.models.frame_slots import LOWEST_PITCH, NUM_KEYS
 from bach_jax.models.layers import LSTMLayer, LSTMStack
 
 CAPABILITIES = family.Capabilities(likelihood='none', select_by='metric_distance',
-                                   voices=True)
+                                   voices=True, learns_by='-wasserstein')
 
 validate = gan_config.validate
 check_corpus = gan_config.check_corpus
