@@ -159,7 +159,8 @@ def test_cache_hit_and_untrusted_leftovers(tmp_path, caplog):
   cache = tmp_path / 'cache'
   first = corpora.load_corpus(_data(f'midi_dir:{root}'), cache, progress=False)
   assert not first.cache_hit and os.path.exists(first.cache_path)
-  assert os.listdir(cache) == [os.path.basename(first.cache_path)]  # No temp file left.
+  name = os.path.basename(first.cache_path)  # No temp file left; the build's lock stays.
+  assert sorted(os.listdir(cache)) == [name, name + '.lock']
   start = time.perf_counter()
   second = corpora.load_corpus(_data(f'midi_dir:{root}'), cache, progress=False)
   assert second.cache_hit and time.perf_counter() - start < 1.0
