@@ -44,11 +44,11 @@ if __package__ in (None, ''):  # Run as `python bench/family_steps.py`.
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench.implementations import (  # pylint: disable=g-import-not-at-top
-    _JaxRunner, _load_config_module, ratio_quartiles, run_rounds)
-from bench.profile_step import (  # pylint: disable=g-import-not-at-top,protected-access
-    _COMPUTATION, _INSTRUCTION, _OPERAND, _dims)
+    JaxRunner, load_config_module, ratio_quartiles, run_rounds)
+from bench.profile_step import (  # pylint: disable=g-import-not-at-top
+    COMPUTATION, INSTRUCTION, OPERAND, parse_dims)
 from bench.train_step import (  # pylint: disable=g-import-not-at-top
-    Emitter, _summary, environment, matmul_peak)
+    Emitter, time_summary, environment, matmul_peak)
 
 BASELINE = 'lstm'
 NUM_VOICES = 4  # The embedded chorales' S, A, T, B: what check_corpus resolves -1 to.
@@ -140,7 +140,7 @@ def family_config(name, args):
   """-> (config, batch size, target steps, {model key: value set}) of a family's step."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from bach_jax import models  # pylint: disable=g-import-not-at-top
-  module = _load_config_module(name)
+  module = load_config_module(name)
   if module is None:
     raise FileNotFoundError(f'configs/{name}.py not found')
   if args.quick:
@@ -184,7 +184,7 @@ def build_runner(name, args, mesh):
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-  runner = _JaxRunner(train.make_train_step(family, config, mesh), state,
+  runner = JaxRunner(train.make_train_step(family, config, mesh), state,
                       (parallel.to_global(batch, mesh), jax.random.key(1)),
                       f'configs/{name}.py' + (':test' if args.quick else ''))
   record = dict(family=name, config=runner.source, size=f'{batch_size}x{steps}',
@@ -227,20 +227,20 @@ def hlo_flops(hlo_text):
   loop body counted as often as its known trip count, the number of loops without one)."""
   shapes, own, callees, unknown, comp = {}, collections.Counter(), {}, [0], None
   for line in hlo_text.splitlines():
-    m = _COMPUTATION.match(line)
+    m = COMPUTATION.match(line)
     if m and not line.startswith(' '):
       comp = m.group(1)
       callees[comp] = []
       continue
-    m = _INSTRUCTION.match(line)
+    m = INSTRUCTION.match(line)
     if m:
-      name, dims, opcode, rest = m.group(1), _dims(m.group(2)), m.group(3), m.group(4)
+      name, dims, opcode, rest = m.group(1), parse_dims(m.group(2)), m.group(3), m.group(4)
       shapes[name] = dims
-      operands = _OPERAND.findall(rest.split('),')[0])
+      operands = OPERAND.findall(rest.split('),')[0])
       if opcode == 'dot':
         k = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
         own[comp] += 2.0 * math.prod(dims) * math.prod(
-            shapes[operands[0]][i] for i in _dims(k.group(1) if k else ''))
+            shapes[operands[0]][i] for i in parse_dims(k.group(1) if k else ''))
       elif opcode == 'convolution':  # 2 x outputs x kernel window x input features.
         labels = re.search(r'dim_labels=\w+_(\w+)->', rest).group(1)
         own[comp] += 2.0 * math.prod(dims) * math.prod(
@@ -284,7 +284,7 @@ def bench_families(args, emit, peak):
   ratios = ratio_quartiles(times, BASELINE)
   base_frames = records[BASELINE]['frames']
   for name, r in records.items():
-    s = _summary(times[name])
+    s = time_summary(times[name])
     # Per-frame ratio = time ratio x (baseline frames / these frames), round by round.
     scale = base_frames / r['frames']
     median, q25, q75 = (scale * x for x in ratios[name])

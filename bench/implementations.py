@@ -55,7 +55,7 @@ def make_bach_jax_step(roll, dtype):
   rng = jax.random.key(0)
   try:
     from bach_jax.models import lstm  # pylint: disable=g-import-not-at-top
-    config_mod = _load_config_module('lstm')
+    config_mod = load_config_module('lstm')
   except ImportError:
     lstm = config_mod = None
   if lstm is not None and config_mod is not None:
@@ -110,7 +110,7 @@ def make_bach_jax_step(roll, dtype):
   step = jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
                  donate_argnums=(0,))
   batch = jax.device_put(batch, data)
-  return _JaxRunner(step, state, (batch, rng), source)
+  return JaxRunner(step, state, (batch, rng), source)
 
 
 def make_flax_step(roll, dtype):
@@ -144,7 +144,7 @@ def make_flax_step(roll, dtype):
     updates, opt = tx.update(grads, opt, params)
     return (optax.apply_updates(params, updates), opt), {'loss': loss}
 
-  return _JaxRunner(step, state, (roll,), 'flax.linen.RNN(OptimizedLSTMCell)')
+  return JaxRunner(step, state, (roll,), 'flax.linen.RNN(OptimizedLSTMCell)')
 
 
 def make_matmul_floor(roll, dtype):
@@ -232,11 +232,11 @@ def make_matmul_floor(roll, dtype):
   frames = roll[:, :-1]
   start = np.broadcast_to(np.arange(frames.shape[1]) == 0, frames.shape[:2])  # Frame 0.
   x = jnp.swapaxes(common.frame_features(frames, start), 0, 1)
-  return _JaxRunner(jax.jit(step), jnp.zeros(()), (x, w_ih, w_hh, w_out),
+  return JaxRunner(jax.jit(step), jnp.zeros(()), (x, w_ih, w_hh, w_out),
                     f'the matmuls of the bach_jax step only ({len(chunks)} time chunks)')
 
 
-def _load_config_module(name):
+def load_config_module(name):
   path = os.path.join(REPO_ROOT, 'configs', f'{name}.py')
   if not os.path.exists(path):
     return None
@@ -246,7 +246,7 @@ def _load_config_module(name):
   return module
 
 
-class _JaxRunner:
+class JaxRunner:
   """Holds a jitted step and its state; step() runs one and waits for it."""
 
   def __init__(self, step, state, args, source):

@@ -57,12 +57,12 @@ def op_times(trace_dir, steps):
   return total, calls, wall
 
 
-_COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]\S* (\w[\w-]*)\((.*)$')
-_OPERAND = re.compile(r'%([^,)\s]+)')
+COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
+INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]\S* (\w[\w-]*)\((.*)$')
+OPERAND = re.compile(r'%([^,)\s]+)')
 
 
-def _dims(text):
+def parse_dims(text):
   return [int(d) for d in text.split(',') if d]
 
 
@@ -76,19 +76,19 @@ def dot_flops(hlo_text):
   shapes, in_computation, calls = {}, collections.defaultdict(float), {}
   flops, computation = {}, None
   for line in hlo_text.splitlines():
-    m = _COMPUTATION.match(line)
+    m = COMPUTATION.match(line)
     if m and not line.startswith(' '):
       computation = m.group(1)
       continue
-    m = _INSTRUCTION.match(line)
+    m = INSTRUCTION.match(line)
     if not m:
       continue
-    name, dims, opcode, rest = m.group(1), _dims(m.group(2)), m.group(3), m.group(4)
+    name, dims, opcode, rest = m.group(1), parse_dims(m.group(2)), m.group(3), m.group(4)
     shapes[name] = dims
     if opcode == 'dot':
-      lhs = _OPERAND.search(rest).group(1)
+      lhs = OPERAND.search(rest).group(1)
       contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
-      k = math.prod(shapes[lhs][i] for i in _dims(contracting.group(1))) if contracting else 1
+      k = math.prod(shapes[lhs][i] for i in parse_dims(contracting.group(1))) if contracting else 1
       flops[name] = 2.0 * math.prod(dims) * k
       in_computation[computation] += flops[name]
     called = re.search(r'calls=%([^,\s]+)', rest)

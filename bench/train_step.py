@@ -39,7 +39,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench.implementations import (  # pylint: disable=g-import-not-at-top
     HIDDEN, NUM_KEYS, NUM_LAYERS, REPO_ROOT, _TorchRunner, _jax_num_threads,
-    _load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_matmul_floor,
+    load_config_module, _torch_device, make_bach_jax_step, make_flax_step, make_matmul_floor,
     make_rolls, ratio_quartiles, run_rounds)
 
 IMPLS = ('bach_jax', 'flax', 'torch', 'matmuls')
@@ -170,7 +170,7 @@ def matmul_peak(repeats):
   return 2 * n ** 3 / min(times) / 1e9, 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def _summary(times):
+def time_summary(times):
   ts = sorted(times)
   q = np.percentile(ts, [25, 75])
   return {'median_ms': 1e3 * statistics.median(ts), 'min_ms': 1e3 * ts[0],
@@ -195,7 +195,7 @@ def bench_size(args, emit, batch, steps, peak, torch_device):
   flops = step_flops(batch, steps)
   results = {}
   for name, runner in runners.items():
-    s = _summary(times[name])
+    s = time_summary(times[name])
     gflops = flops / (s['median_ms'] / 1e3) / 1e9
     results[name] = dict(kind='train_step', impl=name, source=runner.source,
                          size=f'{batch}x{steps}', batch=batch, steps=steps, **s,
@@ -227,7 +227,7 @@ _TORCH_WHY = ['']
 def bench_data_prep(emit):
   try:
     from bach_jax.data import corpora  # pylint: disable=g-import-not-at-top
-    config_mod = _load_config_module('lstm')
+    config_mod = load_config_module('lstm')
   except ImportError as e:
     emit(kind='data_prep', skipped=f'ImportError: {e}')
     return
@@ -251,7 +251,7 @@ def bench_data_prep(emit):
 
 def bench_sampling(emit, quick):
   """Frames per second of configs/lstm_attn.py's sampler (random init, jitted)."""
-  config_mod = _load_config_module('lstm_attn')
+  config_mod = load_config_module('lstm_attn')
   if config_mod is None:
     emit(kind='sampling', skipped='configs/lstm_attn.py not found')
     return
