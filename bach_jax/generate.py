@@ -135,7 +135,12 @@ def _announce(fn, config, params, rng, request, num_voices):
 
 
 def load_primer(spec, steps_per_quarter, corpus=None, split='test', num_steps=0):
-  """A PianoRoll from 'PATH.mid' or 'split:INDEX' (a piece of a corpus split)."""
+  """A PianoRoll from 'PATH.mid', 'split:INDEX' (a piece of the corpus's `split`) or
+  'train:INDEX' / 'valid:INDEX' / 'test:INDEX' (a piece of that split)."""
+  head, _, tail = spec.partition(':')
+  if (head in ('train', 'valid', 'test') and tail.isdigit()
+      and not workdir_lib.as_path(spec).exists()):
+    spec, split = f'split:{tail}', head
   if spec.startswith('split:'):
     if corpus is None:
       raise SampleError(f'sample.primer={spec!r} needs a corpus')
@@ -146,7 +151,8 @@ def load_primer(spec, steps_per_quarter, corpus=None, split='test', num_steps=0)
                         f'({len(corpus.splits[split])} pieces)') from None
   else:
     if not workdir_lib.as_path(spec).exists():
-      raise SampleError(f'{spec}: primer file not found')
+      raise SampleError(f'{spec}: MIDI file not found (a piece of the corpus: split:INDEX, '
+                        'or train:, valid:, test:INDEX)')
     try:
       piece = pianoroll.from_midi(spec, steps_per_quarter=steps_per_quarter)
     except pianoroll.MidiError as e:

@@ -618,3 +618,16 @@ def test_object_store_metrics_are_rewritten_not_appended(tmp_path, monkeypatch):
   writer.write(3, {'x': 3.0})
   writer.close()
   assert [r['step'] for r in metric_writers.read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_a_piece_is_named_by_split_and_index_and_a_missing_file_says_how(tmp_path):
+  import types  # pylint: disable=g-import-not-at-top
+  pieces = {s: [pianoroll.PianoRoll(np.eye(88, dtype=bool)[[i] * 8], None, 4, {'n': s})
+                for i in range(2)] for s in ('train', 'valid', 'test')}
+  corpus = types.SimpleNamespace(splits=pieces)
+  assert generate.load_primer('valid:1', 4, corpus).meta == {'n': 'valid'}
+  assert generate.load_primer('split:0', 4, corpus, split='train').meta == {'n': 'train'}
+  with pytest.raises(generate.SampleError, match=r"'split:5'.*'test' split \(2 pieces\)"):
+    generate.load_primer('test:5', 4, corpus)
+  with pytest.raises(generate.SampleError, match=r'nope.mid: MIDI file not found.*test:INDEX'):
+    generate.load_primer(str(tmp_path / 'nope.mid'), 4, corpus)
