@@ -1,6 +1,6 @@
 """Session-wide caches, and shared fixtures: synthetic pieces and a few real chorales.
 
-Every test (and every subprocess a test starts) shares two caches for the
+Every test (and every subprocess a test starts) shares these for the
 session, set here before jax is imported:
 * the prepared corpus ($BACH_JAX_CACHE): the embedded chorales are prepared
   once (about a minute) instead of once per test module; BACH_JAX_TEST_CACHE
@@ -9,7 +9,9 @@ session, set here before jax is imported:
   ':test' train step) is loaded, not recompiled, by later runs of the same
   computation, in-process or in a subprocess (a 90 s compile became 11 s); one
   per pytest-xdist worker (setup.cfg runs the suite on every core, a file per
-  worker at a time).
+  worker at a time);
+* the shared tiny runs of every family ($BACH_JAX_TEST_RUNS, `trained_run`): trained
+  by the first worker that asks, read by the others.
 And XLA's backend optimization level 0: the tests' tiny models spend their time
 compiling, not running (a VAE ':test' step compiled in 63 s instead of 146 s and
 ran 20 steps in 0.43 s instead of 0.29 s). Subprocesses inherit it through
@@ -19,9 +21,17 @@ XLA_FLAGS: a test that sets XLA_FLAGS appends to it.
 import os
 import tempfile
 
-os.environ.setdefault('BACH_JAX_CACHE', os.environ.get('BACH_JAX_TEST_CACHE')
-                      or tempfile.mkdtemp(prefix='bach_jax_corpus_'))
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='bach_jax_xla_'))
+
+def _session_dir(var, prefix, default=None):
+  """$var, else `default`, else a new temp folder (made once: pytest-xdist's workers
+  inherit the controller's environment)."""
+  if not os.environ.get(var):
+    os.environ[var] = default or tempfile.mkdtemp(prefix=prefix)
+
+
+_session_dir('BACH_JAX_CACHE', 'bach_jax_corpus_', os.environ.get('BACH_JAX_TEST_CACHE'))
+_session_dir('JAX_COMPILATION_CACHE_DIR', 'bach_jax_xla_')
+_session_dir('BACH_JAX_TEST_RUNS', 'bach_jax_runs_')  # The shared tiny runs (trained_run).
 if os.environ.get('PYTEST_XDIST_WORKER'):  # One XLA cache per pytest-xdist worker: jax
   #   writes an entry in place, and a process reading another's half-written entry aborts.
   os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
@@ -70,25 +80,39 @@ def cache_dir():
 
 
 @pytest.fixture(scope='session')
-def trained_run(tmp_path_factory):
+def trained_run():
   """trained_run(family) -> (workdir, result): the family's ':test' config trained
   RUN_STEPS steps on the embedded chorales with RUN_OVERRIDES, once per session and
-  shared by every module that asks (the family contract, the comparison report, ...).
-  A family that builds on another (CAPABILITIES.builds_on) starts from that family's
-  shared run. Tests must not write into the workdir (copy it first)."""
+  shared by every module that asks (the family contract, the comparison report, ...)
+  in every pytest-xdist worker: the first to ask trains it in $BACH_JAX_TEST_RUNS while
+  holding a lock, the others wait, then read its result. A family that builds on another
+  (CAPABILITIES.builds_on) starts from that family's shared run. Tests must not write
+  into the workdir (copy it first)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
   from bach_jax import models  # pylint: disable=g-import-not-at-top
   from bach_jax import train  # pylint: disable=g-import-not-at-top
+  from bach_jax.data import cache  # pylint: disable=g-import-not-at-top
   from train_helpers import RUN_OVERRIDES, load_config  # pylint: disable=g-import-not-at-top
   runs = {}
 
   def get(name):
     if name not in runs:
-      config = load_config(name, 'test', **RUN_OVERRIDES)
-      base = models.get_family(name).CAPABILITIES.builds_on
-      if base:
-        config.train.init_from = get(base)[0]
-      workdir = str(tmp_path_factory.mktemp(f'{name}_run'))
-      runs[name] = workdir, train.train_and_evaluate(config, workdir)
+      workdir = os.path.join(os.environ['BACH_JAX_TEST_RUNS'], name)
+      done = workdir + '.json'
+      with cache.build_lock(done):
+        if not os.path.exists(done):
+          config = load_config(name, 'test', **RUN_OVERRIDES)
+          base = models.get_family(name).CAPABILITIES.builds_on
+          if base:
+            config.train.init_from = get(base)[0]
+          shutil.rmtree(workdir, ignore_errors=True)  # A worker that died mid-run.
+          result = train.train_and_evaluate(config, workdir)
+          with open(done + '.tmp', 'w') as f:
+            json.dump(result, f)
+          os.replace(done + '.tmp', done)
+        with open(done) as f:
+          runs[name] = workdir, json.load(f)
     return runs[name]
 
   return get
