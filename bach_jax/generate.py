@@ -30,7 +30,7 @@ from bach_jax import config_base
 from bach_jax import models
 from bach_jax import plotting
 from bach_jax import workdir as workdir_lib
-from bach_jax.audio import SAMPLE_RATE, render_audio, write_wav  # pylint: disable=unused-import
+from bach_jax.audio import write_wav
 from bach_jax.data import pianoroll
 from bach_jax.models import family as family_lib
 from bach_jax.models import rules as rules_lib
@@ -257,10 +257,7 @@ def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus
   request = make_request(config, num_pieces=num_pieces, primer=primer, melody=melody,
                          num_voices=num_voices)
   out = sample(family, config, params, rng, request, num_voices)
-  voice_names = None
-  if num_voices == 4:
-    voice_names = ['Soprano', 'Alto', 'Tenor', 'Bass']
-  pieces = to_pianorolls(out, spq, voice_names)
+  pieces = to_pianorolls(out, spq, list(pianoroll.SATB) if num_voices == 4 else None)
   return write_pieces(pieces, outdir, prefix, qpm=s.qpm, wav=s.write_wav)
 
 
@@ -419,7 +416,7 @@ class LoadedModel:
                                   self._voices_for([a, b]), self._voice_names())
 
   def _voice_names(self):
-    return ['Soprano', 'Alto', 'Tenor', 'Bass'] if self.num_voices == 4 else None
+    return list(pianoroll.SATB) if self.num_voices == 4 else None
 
   def write(self, pieces, outdir, prefix='sample', wav=True):
     """PREFIX_i.mid (an instrument per voice), .png and .wav (wav=False, or a piece over
