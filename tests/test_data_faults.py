@@ -8,7 +8,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from bach_jax.data import corpora, pianoroll
+from bach_jax.data import corpora, pianoroll, splits
 from bach_jax.data.pianoroll import MidiError
 
 
@@ -131,27 +131,27 @@ def test_absurdly_long_file_is_refused_with_its_length(tmp_path):
 # Item 12: small corpora get usable valid and test splits.
 
 def _positions(assigned):
-  position = corpora._split_position  # pylint: disable=protected-access
+  position = splits.split_position
   return [assigned[k] for k in sorted(assigned, key=position)]
 
 
 def test_balanced_splits_top_up_small_corpora():
   keys = [f'f{i:02d}.mid' for i in range(56)]
-  natural = collections.Counter(corpora.split_of(k) for k in keys)
+  natural = collections.Counter(splits.split_of(k) for k in keys)
   assert natural == {'train': 50, 'valid': 3, 'test': 3}
-  assigned = corpora.balanced_splits(keys)
+  assigned = splits.balanced_splits(keys)
   assert collections.Counter(assigned.values()) == {'train': 46, 'valid': 5, 'test': 5}
   order = _positions(assigned)
   assert order == sorted(order, key=corpora.SPLITS.index)  # Three runs: boundaries moved.
-  moved = [k for k in keys if assigned[k] != corpora.split_of(k)]
+  moved = [k for k in keys if assigned[k] != splits.split_of(k)]
   assert len(moved) == 6 and all(  # 2 valid -> test, then 4 train -> valid.
-      corpora.SPLITS.index(assigned[k]) == corpora.SPLITS.index(corpora.split_of(k)) + 1
+      corpora.SPLITS.index(assigned[k]) == corpora.SPLITS.index(splits.split_of(k)) + 1
       for k in moved)
-  assert assigned == corpora.balanced_splits(list(reversed(keys)))  # Order-free.
+  assert assigned == splits.balanced_splits(list(reversed(keys)))  # Order-free.
   big = [f'k{i}' for i in range(1000)]  # Valid and test already hold 20+: hash only.
-  assert corpora.balanced_splits(big) == {k: corpora.split_of(k) for k in big}
+  assert splits.balanced_splits(big) == {k: splits.split_of(k) for k in big}
   for n, want in ((1, [1, 0, 0]), (2, [1, 1, 0]), (3, [1, 1, 1]), (12, [10, 1, 1])):
-    assigned = corpora.balanced_splits([f'p{i:02d}.mid' for i in range(n)])
+    assigned = splits.balanced_splits([f'p{i:02d}.mid' for i in range(n)])
     counts = collections.Counter(assigned.values())
     assert [counts[s] for s in corpora.SPLITS] == want, n
 
@@ -160,7 +160,7 @@ def test_small_midi_dir_gets_valid_and_test_and_warns(tmp_path, caplog):
   root = tmp_path / 'midi'
   root.mkdir()
   names = [f'p{i:02d}.mid' for i in range(12)]
-  assert {corpora.split_of(n) for n in names} == {'train'}  # The plain hash: no valid/test.
+  assert {splits.split_of(n) for n in names} == {'train'}  # The plain hash: no valid/test.
   for i, name in enumerate(names):
     _two_voices(root / name, _scale(70 + i % 5), _scale(48 + i % 3))
   with caplog.at_level(logging.WARNING):
