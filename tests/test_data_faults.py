@@ -8,7 +8,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from bach_jax.data import corpora, pianoroll, splits
+from bach_jax.data import corpora, midi_file, pianoroll, splits
 from bach_jax.data.pianoroll import MidiError
 
 
@@ -79,7 +79,7 @@ def test_smpte_division_is_named(tmp_path):
   data[12:14] = bytes([256 - 25, 40])  # 25 frames per second, 40 ticks per frame.
   (tmp_path / 'smpte.mid').write_bytes(bytes(data))
   with pytest.raises(MidiError, match=r'^SMPTE time division is not supported \(25 frames'):
-    pianoroll.read_pretty_midi(tmp_path / 'smpte.mid')
+    midi_file.read_pretty_midi(tmp_path / 'smpte.mid')
   corpus = corpora.load_corpus(_data(f'midi_dir:{tmp_path}'), tmp_path / 'c', progress=False)
   assert dict(corpus.skipped)['smpte.mid'].startswith('SMPTE time division is not supported')
 
@@ -104,12 +104,12 @@ def _long_midi(path, quarters, tpq=10080, odd_tick=False, pitches=(72, 48)):
     (False, 5040, True), (True, 9520, True), (False, 5040, False)])
 def test_long_high_resolution_file_is_read(tmp_path, monkeypatch, odd_tick, resolution,
                                            takes_mido):
-  monkeypatch.setattr(pianoroll, '_TAKES_MIDO', takes_mido)  # False: pretty_midi < 0.2.11.
+  monkeypatch.setattr(midi_file, '_TAKES_MIDO', takes_mido)  # False: pretty_midi < 0.2.11.
   quarters = 1050  # 10,584,000 ticks at 10080 per quarter: pretty_midi says "corrupt".
   _long_midi(tmp_path / 'long.mid', quarters, odd_tick=odd_tick)
   with pytest.raises(ValueError, match='likely corrupt'):
     pretty_midi.PrettyMIDI(str(tmp_path / 'long.mid'))
-  assert pianoroll.read_pretty_midi(tmp_path / 'long.mid').resolution == resolution
+  assert midi_file.read_pretty_midi(tmp_path / 'long.mid').resolution == resolution
   corpus = corpora.load_corpus(_data(f'midi_dir:{tmp_path}'), tmp_path / 'c', progress=False)
   assert not corpus.skipped
   (piece,) = corpus.splits['train']
@@ -125,7 +125,7 @@ def test_absurdly_long_file_is_refused_with_its_length(tmp_path):
   mid.save(str(tmp_path / 'forever.mid'))
   with pytest.raises(MidiError, match=r'too long for a piece \(40000 quarter notes, more than '
                      r'30000\)'):
-    pianoroll.read_pretty_midi(tmp_path / 'forever.mid')
+    midi_file.read_pretty_midi(tmp_path / 'forever.mid')
 
 
 # Item 12: small corpora get usable valid and test splits.

@@ -29,38 +29,23 @@ Notes outside the piano (MIDI 21..108) are folded: moved by whole octaves
 into range (pitch class, rhythm and voice kept); meta['folded_notes'] counts
 them. A file whose notes are all outside the piano is refused (MidiError).
 
-Reading files (`read_pretty_midi`). SMPTE time division (the MThd division
-word has its top bit set) counts time in frames of a second, not in beats, so
-such a file has no beat grid to put notes on: refused with that reason.
-pretty_midi refuses files whose largest tick exceeds `MAX_TICK` (1e7) as
-"likely corrupt", but a valid long piece can get there (music21 writes 10080
-ticks per quarter: 1000 quarter notes are 1e7 ticks). Such files are read:
-their ticks are divided by a common factor of all times and the resolution
-(exact), else rounded to a coarser resolution that is a multiple of 8 ticks
-per quarter (moves times by under 1/600 of a quarter note). The guard against
-absurd files is in quarter notes: a file longer than MAX_QUARTERS (over 4
-hours at 120 quarter notes per minute) is refused as too long.
+Reading files, and the files refused: midi_file.py.
 """
 
 import dataclasses
-import inspect
-import io
-import math
 import os
 import re
 from typing import Optional, Sequence, Union
 
-import mido
 import numpy as np
 import pretty_midi
+
+from bach_jax.data.midi_file import MidiError, read_pretty_midi
 
 LOWEST_PITCH = 21  # A0, the lowest piano key.
 NUM_KEYS = 88
 HIGHEST_PITCH = LOWEST_PITCH + NUM_KEYS - 1  # C8.
 REST = -1  # Value of `voices` where a voice is silent.
-MAX_QUARTERS = 30_000  # Longer files are refused (4h10 at 120 qpm; no real piece is).
-# pretty_midi >= 0.2.11 takes a parsed mido.MidiFile; older ones get its bytes again.
-_TAKES_MIDO = 'mido_object' in inspect.signature(pretty_midi.PrettyMIDI.__init__).parameters
 MONOPHONIC_TOLERANCE = 0.1  # Max fraction of chord frames for a "voice" instrument.
 SATB = ('Soprano', 'Alto', 'Tenor', 'Bass')
 _VOICE_WORDS = {
@@ -70,10 +55,6 @@ _VOICE_WORDS = {
     'tenor': 2, 'tenore': 2, 'ten': 2, 't': 2,
     'bass': 3, 'basso': 3, 'bassus': 3, 'bas': 3, 'b': 3,
 }
-
-
-class MidiError(ValueError):
-  """A file cannot become a PianoRoll; the message is the reason."""
 
 
 @dataclasses.dataclass
@@ -310,82 +291,6 @@ def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
   union = np.logical_or.reduce(grids, axis=0) if grids else np.zeros((0, 128), bool)
   info['voice_names'] = None
   return PianoRoll(union[:, LOWEST_PITCH:HIGHEST_PITCH + 1], None, steps_per_quarter, info)
-
-
-def _corrupt(e: Exception) -> MidiError:
-  return MidiError(f'corrupt or truncated MIDI ({type(e).__name__}: {e})')
-
-
-def _fit_ticks(mid, largest: int, limit: float):
-  """Rescales the ticks of a mido.MidiFile in place so that its largest tick is < limit.
-
-  Exact when the resolution and every delta time share a factor big enough (the
-  smallest such factor is used); else absolute times are rounded to a coarser
-  resolution, a multiple of 8 ticks per quarter.
-  """
-  tpq = mid.ticks_per_beat
-  common = tpq
-  for track in mid.tracks:
-    for msg in track:
-      common = math.gcd(common, msg.time)
-  for d in range(2, common + 1):
-    if common % d == 0 and largest // d + 1 < limit:
-      for track in mid.tracks:
-        for msg in track:
-          msg.time //= d
-      mid.ticks_per_beat = tpq // d
-      return
-  new = max(8, int((limit - 2) * tpq // largest) // 8 * 8)
-  for track in mid.tracks:
-    now = before = 0
-    for msg in track:
-      now += msg.time
-      at = (2 * now * new + tpq) // (2 * tpq)  # Round half up.
-      msg.time, before = at - before, at
-  mid.ticks_per_beat = new
-
-
-def read_pretty_midi(path: Union[str, os.PathLike]) -> pretty_midi.PrettyMIDI:
-  """Reads a MIDI file; MidiError with a short reason when it cannot.
-
-  See the module docstring for SMPTE files and files over pretty_midi's tick limit.
-  """
-  path = os.fspath(path)
-  try:
-    size = os.path.getsize(path)
-  except OSError as e:
-    raise MidiError(f'cannot read ({e.strerror})') from e
-  if size == 0:
-    raise MidiError('empty file')
-  with open(path, 'rb') as f:
-    head = f.read(14)
-  if head[:4] != b'MThd':
-    raise MidiError('not a MIDI file (no MThd header)')
-  if len(head) == 14 and head[12] & 0x80:
-    raise MidiError(f'SMPTE time division is not supported ({256 - head[12]} frames per '
-                    'second: the file counts seconds, not beats, so it has no beat grid)')
-  try:
-    mid = mido.MidiFile(path, charset='latin1')  # As pretty_midi reads it.
-  except Exception as e:  # mido raises many types on bad data.
-    raise _corrupt(e) from e
-  if mid.ticks_per_beat <= 0:
-    raise MidiError(f'corrupt MIDI header ({mid.ticks_per_beat} ticks per quarter note)')
-  largest = max((sum(msg.time for msg in track) for track in mid.tracks), default=0)
-  if largest > MAX_QUARTERS * mid.ticks_per_beat:
-    raise MidiError(f'too long for a piece ({largest / mid.ticks_per_beat:.0f} quarter '
-                    f'notes, more than {MAX_QUARTERS}): likely corrupt')
-  limit = pretty_midi.pretty_midi.MAX_TICK
-  if largest + 1 > limit:  # pretty_midi would call it corrupt: a long valid piece.
-    _fit_ticks(mid, largest, limit)
-  try:
-    if _TAKES_MIDO:
-      return pretty_midi.PrettyMIDI(mido_object=mid)
-    data = io.BytesIO()
-    mid.save(file=data)
-    data.seek(0)
-    return pretty_midi.PrettyMIDI(data)
-  except Exception as e:  # pretty_midi raises many types on bad data.
-    raise _corrupt(e) from e
 
 
 def from_midi(path: Union[str, os.PathLike], steps_per_quarter: int = 4, *,
