@@ -20,10 +20,8 @@ the previous checkpoint stays intact (Orbax writes into a temporary folder and
 renames it when complete; a resuming run deletes such leftovers).
 """
 
-import errno
 import json
 import math
-import shutil
 import sys
 
 import jax
@@ -98,50 +96,6 @@ def _first_line(e, limit=120, path=None):
     text = text.split(cut, 1)[0]
   text = f'{type(e).__name__}: {text}' if isinstance(e, ValueError) and len(text) < 40 else text
   return text if len(text) <= limit else text[:limit] + '...'
-
-
-def _chain(e):
-  seen = []
-  while e is not None and e not in seen:
-    seen.append(e)
-    e = e.__cause__ or e.__context__
-  return seen
-
-
-def is_disk_full(e):
-  """True when e (or what caused it) is ENOSPC / EDQUOT, also as TensorStore reports it."""
-  for x in _chain(e):
-    if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
-      return True
-    text = str(x)
-    if 'No space left on device' in text or f"os_error_code='{errno.ENOSPC}'" in text:
-      return True
-  return False
-
-
-def _os_error(e):
-  return next((x for x in _chain(e) if isinstance(x, OSError) and x.errno), None)
-
-
-def format_bytes(n):
-  for unit in ('B', 'KiB', 'MiB', 'GiB'):
-    if n < 1024 or unit == 'GiB':
-      return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
-    n /= 1024
-  return f'{n:.1f} GiB'
-
-
-def free_bytes(path):
-  """Free space where `path` (or its nearest existing parent) lives; None if unknown."""
-  if not workdir_lib.is_local(path):
-    return None
-  p = workdir_lib.as_path(path)
-  while not p.exists() and p != p.parent:
-    p = p.parent
-  try:
-    return shutil.disk_usage(str(p)).free
-  except OSError:
-    return None
 
 
 def _tree_shapes(tree):
@@ -255,13 +209,13 @@ class Checkpointer:
     """One line for a failed save, or None when it is no write error we know."""
     kept = (f'the checkpoint of step {self._last_good} is intact' if self._last_good is not None
             else 'no earlier checkpoint exists')
-    if is_disk_full(e):
-      free = free_bytes(path)
-      free_text = f', {format_bytes(free)} free' if free is not None else ''
+    if workdir_lib.is_disk_full(e):
+      free = workdir_lib.free_bytes(path)
+      free_text = f', {workdir_lib.format_bytes(free)} free' if free is not None else ''
       return (f'{path}: no space left on device: a checkpoint needs about '
-              f'{format_bytes(size)} (the train state){free_text}; {kept}. Free some space '
+              f'{workdir_lib.format_bytes(size)} (the train state){free_text}; {kept}. Free some space '
               'and run the same command again to resume')
-    os_error = _os_error(e)
+    os_error = workdir_lib.os_error_in(e)
     if os_error is not None:
       reason = workdir_lib.describe_os_error(os_error)
       return f'{path}: cannot write the checkpoint ({reason}); {kept}'

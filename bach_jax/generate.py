@@ -84,8 +84,8 @@ def check_sample_size(request, num_voices=0):
   if available is not None and need > available:
     raise SampleError(
         f'config.sample.num_steps={request.num_steps}: {request.num_pieces} pieces of '
-        f'{request.num_steps} steps need about {checkpoints.format_bytes(need)} of memory '
-        f'({checkpoints.format_bytes(available)} available); sample fewer steps or pieces')
+        f'{request.num_steps} steps need about {workdir_lib.format_bytes(need)} of memory '
+        f'({workdir_lib.format_bytes(available)} available); sample fewer steps or pieces')
 
 
 def sample(family, config, params, rng, request, num_voices=0):
@@ -117,7 +117,7 @@ def _announce(fn, config, params, rng, request, num_voices):
   """The line before a long request: its size, and its duration estimated from a trial."""
   spq, qpm = config.data.steps_per_quarter, float(config.sample.qpm)
   minutes = request.num_steps / spq / qpm
-  size = checkpoints.format_bytes(output_bytes(request, num_voices))
+  size = workdir_lib.format_bytes(output_bytes(request, num_voices))
   pieces = f'{request.num_pieces} piece' + ('s' if request.num_pieces != 1 else '')
   _note(f'sampling {pieces} x {request.num_steps:,} steps '
         f'({minutes:.0f} min of music each at {qpm:g} qpm; output {size}) in one compiled '

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -63,13 +64,59 @@ def describe_os_error(e):
   return e.strerror or (os.strerror(e.errno) if e.errno else str(e))
 
 
+def _chain(e):
+  seen = []
+  while e is not None and e not in seen:
+    seen.append(e)
+    e = e.__cause__ or e.__context__
+  return seen
+
+
+def is_disk_full(e):
+  """True when e (or what caused it) is ENOSPC / EDQUOT, also as TensorStore reports it."""
+  for x in _chain(e):
+    if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    text = str(x)
+    if 'No space left on device' in text or f"os_error_code='{errno.ENOSPC}'" in text:
+      return True
+  return False
+
+
+def os_error_in(e):
+  """The first OSError with an errno in e's chain of causes, or None."""
+  return next((x for x in _chain(e) if isinstance(x, OSError) and x.errno), None)
+
+
+def format_bytes(n):
+  """1536 -> '1.5 KiB'."""
+  for unit in ('B', 'KiB', 'MiB', 'GiB'):
+    if n < 1024 or unit == 'GiB':
+      return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+    n /= 1024
+  return f'{n:.1f} GiB'
+
+
+def free_bytes(path):
+  """Free space where `path` (or its nearest existing parent) lives; None if unknown."""
+  if not is_local(path):
+    return None
+  p = as_path(path)
+  while not p.exists() and p != p.parent:
+    p = p.parent
+  try:
+    return shutil.disk_usage(str(p)).free
+  except OSError:
+    return None
+
+
 @contextlib.contextmanager
 def writing(path):
   """Context yielding `path`: an OSError inside becomes WriteError naming it."""
   try:
     yield path
   except OSError as e:
-    space = '; free some space' if e.errno in (errno.ENOSPC, errno.EDQUOT) else ''
+    space = '; free some space' if is_disk_full(e) else ''
     raise WriteError(f'{path}: cannot write ({describe_os_error(e)}){space}') from None
 
 
@@ -95,7 +142,7 @@ def prepare(path, what='workdir'):
     probe.unlink()
   except OSError as e:
     raise WorkdirError(f'{path}: the {what} is not writable ({describe_os_error(e)})'
-                       + ('; free some space' if e.errno == errno.ENOSPC else '')) from None
+                       + ('; free some space' if is_disk_full(e) else '')) from None
   return path
 
 

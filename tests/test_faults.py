@@ -274,8 +274,8 @@ def test_tensorstore_disk_full_is_recognized():
   """A full disk under Orbax is a ValueError from TensorStore, not an OSError."""
   e = ValueError('RESOURCE_EXHAUSTED: Error writing "x": Failed to write 26352 bytes to '
                  "file 8: No space left on device [os_error_code='28']")
-  assert checkpoints.is_disk_full(e)
-  assert not checkpoints.is_disk_full(ValueError('pytree structure error'))
+  assert workdir_lib.is_disk_full(e)
+  assert not workdir_lib.is_disk_full(ValueError('pytree structure error'))
 
 
 # 4. A workdir that is a file, or read-only.
