@@ -197,6 +197,12 @@ class Checkpointer:
     if score is not None and math.isfinite(score):
       best = self.best_score()
       if best is None or score < best:
+        if jax.process_count() > 1:
+          # Each manager's finishing thread meets the other processes at a barrier whose
+          # name does not depend on the manager: two finishing at once in one process
+          # fail ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already
+          # ongoing", orbax-checkpoint 0.12.8) and leave the other processes waiting.
+          self.wait()
         with self._write_errors(self.path(step, best=True), size):
           self.best.save(step, args=self._args(state, data_state, meta),
                          metrics={'score': float(score)}, force=True)
