@@ -21,6 +21,8 @@ missing most of a recurrent step. % peak: against the best float32 2048^3 matmul
   python -m bench.family_steps                        # all families, paper sizes, 10 rounds
   python -m bench.family_steps --families lstm,vae --rounds 5 --out steps.jsonl
   python -m bench.family_steps --sizes vae=64x32      # another size for a family
+  python -m bench.family_steps --families vae --variants 'vae:output=bernoulli'
+                                   # also the family with config.model keys changed
   python -m bench.family_steps --quick                # the configs' :test sizes, batch 4
 
 Output: one JSON line per measurement (stdout, or --out FILE), then a markdown table;
@@ -79,6 +81,10 @@ def parse_args(argv=None):
                  f'{BASELINE} is always run, as the baseline.')
   p.add_argument('--sizes', default='',
                  help='Comma-separated FAMILY=BATCHxSTEPS overriding the paper sizes.')
+  p.add_argument('--variants', default='',
+                 help='Comma-separated FAMILY:KEY=VALUE[;KEY=VALUE] runs of a family with '
+                 'config.model keys changed on top of its paper size (e.g. '
+                 'vae:output=bernoulli), timed beside the others under that label.')
   p.add_argument('--rounds', type=int, default=None, help='Timed rounds (default 10; --quick 2).')
   p.add_argument('--warmup', type=int, default=None,
                  help='Untimed steps of each after compiling (default 2; --quick 1).')
@@ -92,6 +98,7 @@ def parse_args(argv=None):
   if unknown:
     p.error(f"--families: unknown {', '.join(unknown)} (known: {', '.join(models.REGISTRY)})")
   args.families = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
+  args.variants = _parse_variants(p, args.variants, models.REGISTRY)
   sizes, args.sizes = args.sizes, {}
   for item in filter(None, sizes.split(',')):
     name, _, size = item.partition('=')
@@ -105,6 +112,27 @@ def parse_args(argv=None):
     p.error('--rounds must be >= 1 and --warmup >= 0')
   args.dtype = 'float32'  # For bench.train_step.environment: the configs' matmul dtype.
   return args
+
+
+def _parse_variants(parser, text, registry):
+  """'vae:output=bernoulli;decoder_layers=1,...' -> {label: (family, {key: value})}; values
+  are parsed as Python literals where they are one (1, 0.5, True), else kept as strings."""
+  import ast  # pylint: disable=g-import-not-at-top
+  variants = {}
+  for item in filter(None, text.split(',')):
+    name, _, assignments = item.partition(':')
+    pairs = [a.partition('=') for a in assignments.split(';') if a]
+    if name not in registry or not pairs or any(not k or not e for k, e, _ in pairs):
+      parser.error(f'--variants: {item!r} is not FAMILY:KEY=VALUE[;KEY=VALUE] '
+                   f"(known families: {', '.join(registry)})")
+    values = {}
+    for key, _, value in pairs:
+      try:
+        values[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        values[key] = value
+    variants[item] = (name, values)
+  return variants
 
 
 # ------------------------------------------------------------------------------ setup
@@ -136,8 +164,9 @@ def _fake_corpus(batch):
                                steps_per_quarter=4)
 
 
-def family_config(name, args):
-  """-> (config, batch size, target steps, {model key: value set}) of a family's step."""
+def family_config(name, args, extra=None):
+  """-> (config, batch size, target steps, {model key: value set}) of a family's step;
+  extra: more config.model keys to set (a --variants run)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from bach_jax import models  # pylint: disable=g-import-not-at-top
   module = load_config_module(name)
@@ -153,6 +182,7 @@ def family_config(name, args):
       overrides = {k: HIDDEN for k in config.model
                    if k == 'hidden_size' or k.endswith('_hidden')}
   batch, steps = args.sizes.get(name, (batch, steps))
+  overrides = {**overrides, **(extra or {})}
   for key, value in overrides.items():
     if key not in config.model:
       raise KeyError(f'configs/{name}.py has no config.model.{key}')
@@ -167,11 +197,12 @@ def family_config(name, args):
   return config, batch, steps, overrides
 
 
-def build_runner(name, args, mesh):
-  """-> (runner for run_rounds, its record fields) of one family's trainer step."""
+def build_runner(name, args, mesh, label=None, extra=None):
+  """-> (runner for run_rounds, its record fields) of one family's trainer step (label and
+  extra: a --variants run's name and config.model keys)."""
   import jax  # pylint: disable=g-import-not-at-top
   from bach_jax import config_base, models, parallel, train  # pylint: disable=g-import-not-at-top
-  config, batch_size, steps, overrides = family_config(name, args)
+  config, batch_size, steps, overrides = family_config(name, args, extra)
   family = models.get_family(name)
   batch = make_batch(batch_size, steps + 1)
   config_base.validate(config, jax.device_count())
@@ -187,7 +218,7 @@ def build_runner(name, args, mesh):
   runner = JaxRunner(train.make_train_step(family, config, mesh), state,
                       (parallel.to_global(batch, mesh), jax.random.key(1)),
                       f'configs/{name}.py' + (':test' if args.quick else ''))
-  record = dict(family=name, config=runner.source, size=f'{batch_size}x{steps}',
+  record = dict(family=label or name, config=runner.source, size=f'{batch_size}x{steps}',
                 batch=batch_size, steps=steps, window=steps + 1, frames=batch_size * steps,
                 overrides=overrides, num_voices=next(  # Its own, or its base model's.
                     (m.num_voices for m in [config.model, *config.model.values()]
@@ -267,10 +298,11 @@ def bench_families(args, emit, peak):
   from bach_jax import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
   runners, records = {}, {}
-  for name in args.families:
+  runs = {**{n: (n, None) for n in args.families}, **args.variants}
+  for name, (family, extra) in runs.items():
     print(f'bench.family_steps: building {name}', file=sys.stderr, flush=True)
     try:
-      runners[name], records[name] = build_runner(name, args, mesh)
+      runners[name], records[name] = build_runner(family, args, mesh, name, extra)
     except Exception as e:  # pylint: disable=broad-except
       if name == BASELINE:
         raise
@@ -297,8 +329,9 @@ def bench_families(args, emit, peak):
     if r['gflop'] is not None:
       r['gflops'] = r['gflop'] / (s['median_ms'] / 1e3)
       r['pct_peak'] = 100 * r['gflops'] / peak
-    if name in TARGETS and not args.quick and name not in args.sizes:  # At the paper size.
-      r.update(target_ratio=TARGETS[name], meets_target=median <= TARGETS[name])
+    family = runs[name][0]
+    if family in TARGETS and not args.quick and family not in args.sizes:  # At the paper size.
+      r.update(target_ratio=TARGETS[family], meets_target=median <= TARGETS[family])
     emit(**r)
 
 

@@ -69,3 +69,20 @@ def test_parse_args_always_includes_the_baseline_and_refuses_unknown(capsys):
   with pytest.raises(SystemExit):
     family_steps.parse_args(['--families', 'lstm,transformer'])
   assert 'unknown transformer' in capsys.readouterr().err
+
+
+def test_variants_set_model_keys_on_top_of_the_paper_size(capsys):
+  args = family_steps.parse_args(
+      ['--families', 'vae', '--variants', 'vae:output=bernoulli;decoder_layers=1'])
+  label = 'vae:output=bernoulli;decoder_layers=1'
+  assert args.variants == {label: ('vae', {'output': 'bernoulli', 'decoder_layers': 1})}
+  config, batch, steps, overrides = family_steps.family_config(
+      'vae', args, args.variants[label][1])
+  assert (batch, steps) == family_steps.PAPER_SIZES['vae'][:2]
+  assert config.model.output == 'bernoulli' and config.model.decoder_layers == 1
+  assert config.model.encoder_hidden == family_steps.HIDDEN  # The paper size still applies.
+  assert overrides['output'] == 'bernoulli'
+  for bad in ('vae', 'vae:output', 'rnn:output=x'):
+    with pytest.raises(SystemExit):
+      family_steps.parse_args(['--variants', bad])
+    assert 'not FAMILY:KEY=VALUE' in capsys.readouterr().err
