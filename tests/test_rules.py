@@ -289,3 +289,36 @@ def test_old_run_configs_get_the_rule_options_and_the_cli_takes_them(tmp_path, c
   proc = run_main('--config=configs/lstm_attn.py:test', '--mode=prepare', *common,
                   '--config.sample.rules=parallels,crossing', '--config.sample.rule_penalty=inf')
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_trained_run_samples_scores_and_loads_under_rules_from_the_cli(trained_run, tmp_path):
+  """The shared lstm_attn run end to end: --mode=sample with a primer under hard rules,
+  --mode=evaluate scoring the soft-constrained model (and its samples' metrics), and
+  load_model(workdir).sample with a primer and a clamped melody under the rules."""
+  import json  # pylint: disable=g-import-not-at-top
+  workdir, result = trained_run('lstm_attn')
+  out = tmp_path / 'out'
+  proc = run_main(f'--workdir={workdir}', '--mode=sample', f'--outdir={out}',
+                  '--config.sample.rules=parallels,crossing', '--config.sample.num_pieces=2',
+                  '--config.sample.num_steps=16', '--config.sample.primer=test:0',
+                  '--config.sample.primer_steps=4', '--config.sample.write_wav=False')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert len(list(out.glob('*.mid'))) == 2
+  assert 'rules parallels,crossing' in proc.stderr and 'fallbacks' in proc.stderr
+  proc = run_main(f'--workdir={workdir}', '--mode=evaluate', '--config.sample.rules=parallels',
+                  '--config.sample.rule_penalty=3')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  scored = json.loads(proc.stdout.strip().splitlines()[-1])
+  plain = result['best_test_frame_nll']
+  assert np.isfinite(scored['frame_nll']) and scored['frame_nll'] != pytest.approx(plain)
+  assert np.isfinite(scored['sample_metrics']['distance'])
+  model = generate.load_model(workdir)
+  corpus = train.setup(model.config)[1]
+  primer = generate.load_primer('test:1', model.steps_per_quarter, corpus, num_steps=4)
+  melody = generate.load_primer('test:1', model.steps_per_quarter, corpus).voices[:12, 0]
+  pieces = model.sample(num_pieces=2, seed=3, rules='parallels', primer=primer, melody=melody)
+  for piece in pieces:
+    assert piece.voices.shape == (12, 4)
+    np.testing.assert_array_equal(piece.voices[:4], primer.voices[:4])
+    np.testing.assert_array_equal(piece.voices[4:, 0], melody[4:])
+    assert 'rule_fallbacks' in piece.meta
