@@ -85,11 +85,11 @@ def base_config():
   sample.latent_temperature = 1.0  # Latent families: scale of the prior's std when sampling z.
   sample.top_k = 0  # 0 = off.
   sample.top_p = 1.0  # 1.0 = off.
-  sample.primer = ''  # '' | PATH.mid | 'split:INDEX' (a piece of a corpus split).
+  sample.primer = ''  # '' | PATH.mid | 'test:INDEX' (or train:, valid:; split:INDEX = sample.split's).
   sample.primer_steps = 0  # Frames of the primer to keep (0 = all).
   sample.harmonize = ''  # PATH.mid: its melody is clamped as the soprano.
   sample.split = 'test'  # Split used by --mode=evaluate and --mode=reconstruct.
-  sample.interpolate = ''  # --mode=interpolate: 'A,B', each PATH.mid or 'split:INDEX'.
+  sample.interpolate = ''  # --mode=interpolate: 'A,B', each PATH.mid or 'test:INDEX' (as primer).
   sample.interpolation_points = 5  # Points from A to B, both ends included.
   sample.qpm = 80.0  # Tempo of written MIDI/WAV.
   sample.write_wav = True  # Also render a .wav per piece (sine synthesis).
