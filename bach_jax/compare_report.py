@@ -237,23 +237,9 @@ def markdown(report):
   return '\n'.join(lines)
 
 
-def json_safe(x):
-  """A copy of nested dicts / lists / numbers with NaN and inf as None (strict JSON)."""
-  if isinstance(x, dict):
-    return {str(k): json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [json_safe(v) for v in x]
-  if isinstance(x, bool) or x is None or isinstance(x, str):
-    return x
-  if isinstance(x, (int, float)) or hasattr(x, 'dtype'):
-    v = x.item() if hasattr(x, 'item') else x
-    return v if isinstance(v, (bool, int)) or math.isfinite(v) else None
-  return str(x)
-
-
 def write(out, report):
   """Writes report.json and report.md (FILES) into out -> the report as written."""
-  report = json_safe(report)
+  report = metric_writers.json_safe(report)
   with open(os.path.join(out, 'report.json'), 'w') as f:
     json.dump(report, f, indent=1, allow_nan=False)
   with open(os.path.join(out, 'report.md'), 'w') as f:

@@ -236,7 +236,7 @@ def main(argv):
 
 def _run(mode):
   """Runs a mode -> exit code (0, or EXIT_INTERRUPTED)."""
-  from bach_jax import train  # pylint: disable=g-import-not-at-top
+  from bach_jax import metric_writers, train  # pylint: disable=g-import-not-at-top
   if mode == 'prepare':
     if FLAGS.config is None:
       raise app.UsageError('--mode=prepare needs --config')
@@ -249,7 +249,7 @@ def _run(mode):
     if FLAGS.config is None:
       raise app.UsageError('--config is required for a new workdir')
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    print(json.dumps(result), flush=True)
+    print(json.dumps(metric_writers.json_safe(result), allow_nan=False), flush=True)
     return EXIT_INTERRUPTED if 'interrupted_at' in result else 0
   _sample_or_evaluate(mode)
   return 0
@@ -295,7 +295,7 @@ def _sample_or_evaluate(mode):
 
 def _load_and_run(mode, workdir, outdir):
   import jax  # pylint: disable=g-import-not-at-top
-  from bach_jax import evaluate, generate, train  # pylint: disable=g-import-not-at-top
+  from bach_jax import evaluate, generate, metric_writers, train  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   model = generate.load_model(workdir, step=FLAGS.step)
   if config is None:
@@ -315,7 +315,7 @@ def _load_and_run(mode, workdir, outdir):
     from bach_jax import compare  # pylint: disable=g-import-not-at-top
     # The samples' musical metrics against held-out Bach (progress lines on stderr).
     result['sample_metrics'] = compare.sample_metric_summary(model, corpus, seed=config.seed)
-    print(json.dumps(result))
+    print(json.dumps(metric_writers.json_safe(result), allow_nan=False))
     return
   from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir_lib.prepare(outdir, what='output folder')
@@ -323,7 +323,7 @@ def _load_and_run(mode, workdir, outdir):
     from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     run = (latent_ops.reconstruct_to_files if mode == 'reconstruct'
            else latent_ops.interpolate_to_files)
-    print(json.dumps(run(model, corpus, str(outdir))))
+    print(json.dumps(metric_writers.json_safe(run(model, corpus, str(outdir))), allow_nan=False))
     return
   paths = generate.sample_to_files(family, config, model.params,
                                    jax.random.key(config.seed + 12345), outdir, corpus=corpus,

@@ -124,6 +124,20 @@ def _summary_writer(logdir, purge_step):
     return None
 
 
+def json_safe(x):
+  """A copy of nested dicts / lists / numbers with NaN and inf as None (strict JSON)."""
+  if isinstance(x, dict):
+    return {str(k): json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [json_safe(v) for v in x]
+  if isinstance(x, bool) or x is None or isinstance(x, str):
+    return x
+  if isinstance(x, (int, float)) or hasattr(x, 'dtype'):
+    v = x.item() if hasattr(x, 'item') else x
+    return v if isinstance(v, (bool, int)) or math.isfinite(v) else None
+  return str(x)
+
+
 def _json_value(v):
   """A metric as strict JSON: float (None when not finite), or a list of them."""
   if isinstance(v, (list, tuple)) or getattr(v, 'ndim', 0) > 0:

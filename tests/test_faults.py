@@ -425,6 +425,18 @@ def test_nonfinite_metrics_are_written_as_null(tmp_path):
   assert json.loads(text) == {'step': 1, 'a': None, 'b': None, 'c': 1.5, 'd': [1.0, None]}
 
 
+def test_result_lines_are_strict_json():
+  """What main prints (a run's result, evaluate's scores) goes through json_safe."""
+  result = {'step': np.int64(3), 'last_valid_frame_nll': float('inf'),
+            'sample_metrics': {'z': [np.float32('nan'), 0.5]}, 'ok': True, 'name': 'lstm'}
+  text = json.dumps(metric_writers.json_safe(result), allow_nan=False)
+  assert json.loads(text) == {'step': 3, 'last_valid_frame_nll': None,
+                              'sample_metrics': {'z': [None, 0.5]}, 'ok': True, 'name': 'lstm'}
+  main_source = open(os.path.join(REPO, 'bach_jax', 'main.py')).read()
+  assert main_source.count('print(json.dumps(') == main_source.count(
+      'print(json.dumps(metric_writers.json_safe(') == 3
+
+
 def poison(monkeypatch, loss_at=None, params_at=None):
   """lstm.train_step with a NaN loss at step loss_at only (params untouched) and NaN
   params (and loss) from step params_at on."""
