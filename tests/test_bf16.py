@@ -1,5 +1,6 @@
-"""model.dtype='bfloat16' in every registered family: the step's matmuls take bfloat16
-inputs and accumulate in float32 and the params stay float32 (every family); and a short
+"""model.dtype='bfloat16' in every registered family: the step's matmuls (at least 80% of
+them: the LSTMs', dense layers', attention's, forward and backward) take bfloat16 inputs
+and accumulate in float32 and the params stay float32 (every family); and a short
 run trains (CPU, the family's ':test' config on the chorales; one family per likelihood
 kind, the first by name, to keep the suite short): its loss falls, or for a family without
 a likelihood (CAPABILITIES.likelihood 'none', e.g. an adversarial pair whose loss is a
@@ -37,6 +38,7 @@ def test_bfloat16_run_trains(name):
   if base:  # The base model's config, as train.init_from would copy it (its params stay
     #   as initialized: the step is what is tested).
     config.model[config.train.init_from_into] = load_config(base, 'test').model
+    config.model[config.train.init_from_into].dtype = 'bfloat16'  # A bf16 base model.
   family, corpus, mesh = train.setup(config)
   batches = pipeline.BatchIterator(
       corpus.splits['train'], batch_size=config.train.batch_size,
@@ -54,6 +56,11 @@ def test_bfloat16_run_trains(name):
   bf16 = [d for d in dots if d[:2] == ('bf16', 'bf16')]
   assert bf16, f'{name}: no bfloat16 matmul in the train step ({sorted(set(dots))})'
   assert all(out == 'f32' for _, _, out in bf16), f'{name}: bf16 matmuls must accumulate in f32'
+  # Not only the LSTMs': dense layers, attention and their gradients too. What may stay
+  # float32: a VQ codebook's distances and statistics, a gradient penalty's second order.
+  assert len(bf16) >= 0.8 * len(dots), (
+      f'{name}: {len(bf16)} of {len(dots)} matmuls in bf16; the others: '
+      f'{sorted(set(d for d in dots if d[:2] != ("bf16", "bf16")))}')
   assert {str(p.dtype) for p in jax.tree.leaves(state.params)} == {'float32'}
   if name not in TRAINED:
     return

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from bach_jax.models import common
 from bach_jax.models import heads
 from bach_jax.models import latent
+from bach_jax.models import layers
 from bach_jax.models.frame_slots import NUM_KEYS, _info, slots_to_frame, voice_classes
 from bach_jax.models.layers import LSTMStack
 
@@ -34,13 +35,13 @@ class FrameDecoder(heads.FrameHeads):
   head_hidden, autoregressive, dtype; call setup_decoder() from its setup()."""
 
   def setup_decoder(self):
-    self.decoder_init = nn.Dense(2 * self.decoder_layers * self.decoder_hidden)
+    self.decoder_init = layers.dense(2 * self.decoder_layers * self.decoder_hidden, self.dtype)
     self.dec = LSTMStack(self.decoder_hidden, self.decoder_layers, self.dropout_rate, self.dtype)
     self.drop = nn.Dropout(self.dropout_rate)
     if self.num_slots:
       self.setup_heads()
     else:
-      self.out = nn.Dense(NUM_KEYS)
+      self.out = layers.dense(NUM_KEYS, self.dtype)
 
   def init_carry(self, ctx):
     """ctx: float[M, C] -> the decoder's initial (h, c) per layer, from tanh(dense)."""

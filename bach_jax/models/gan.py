@@ -36,7 +36,7 @@ from bach_jax.models import family
 from bach_jax.models import frame_decoder
 from bach_jax.models import gan_config
 from bach_jax.models.frame_slots import LOWEST_PITCH, NUM_KEYS
-from bach_jax.models.layers import LSTMLayer, LSTMStack
+from bach_jax.models.layers import LSTMLayer, LSTMStack, dense
 
 CAPABILITIES = family.Capabilities(likelihood='none', select_by='metric_distance',
                                    voices=True, learns_by='-wasserstein')
@@ -58,8 +58,8 @@ class Generator(nn.Module):
   def __call__(self, z, z_steps):
     x = jnp.broadcast_to(z[:, None], z_steps.shape[:2] + z.shape[-1:])
     x = jnp.concatenate([x, z_steps], -1)
-    h, _ = LSTMStack(self.hidden, self.layers, dtype=self.dtype)(nn.Dense(self.hidden)(x))
-    return nn.Dense(self.tracks * NUM_KEYS)(h).reshape(h.shape[:2] + (self.tracks, NUM_KEYS))
+    h, _ = LSTMStack(self.hidden, self.layers, dtype=self.dtype)(dense(self.hidden, self.dtype)(x))
+    return dense(self.tracks * NUM_KEYS, self.dtype)(h).reshape(h.shape[:2] + (self.tracks, NUM_KEYS))
 
 
 def windows(x, width, stride):
@@ -91,14 +91,14 @@ class Critic(nn.Module):
       lengths = jnp.sum(mask, -1).astype(jnp.int32)
       _, h = frame_decoder.bidirectional(LSTMLayer(self.hidden, dtype=self.dtype),
                                          LSTMLayer(self.hidden, dtype=self.dtype), x, lengths)
-      return nn.Dense(1)(h)[:, 0]
+      return dense(1, self.dtype)(h)[:, 0]
     m = mask[..., None]
     for features, stride in ((self.hidden, 1), (self.hidden, 2), (2 * self.hidden, 2)):
-      x = nn.leaky_relu(nn.LayerNorm()(nn.Dense(features)(windows(x, 4, stride))), 0.2)
+      x = nn.leaky_relu(nn.LayerNorm()(dense(features, self.dtype)(windows(x, 4, stride))), 0.2)
       m = m[:, ::stride]
       x = x * m
     pooled = jnp.sum(x, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
-    return nn.Dense(1)(pooled)[:, 0]
+    return dense(1, self.dtype)(pooled)[:, 0]
 
 
 def _models(config):

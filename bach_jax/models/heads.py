@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from bach_jax import config_base
 from bach_jax.models import common
+from bach_jax.models import layers
 from bach_jax.models.frame_slots import (LOWEST_PITCH, NUM_KEYS, _mask_logits,
                                          frame_slots, voice_classes)
 
@@ -90,8 +91,8 @@ class FrameHeads:
                                  (self.num_voices, self.num_classes, self.embed_dim))
 
   def setup_heads(self):
-    self.head_in = [nn.Dense(self.head_hidden) for _ in range(self.num_slots)]
-    self.head_out = [nn.Dense(self.num_classes) for _ in range(self.num_slots)]
+    self.head_in = [layers.dense(self.head_hidden, self.dtype) for _ in range(self.num_slots)]
+    self.head_out = [layers.dense(self.num_classes, self.dtype) for _ in range(self.num_slots)]
     if self.autoregressive and self.num_slots > 1:
       self.cond = self.param('cond', nn.initializers.normal(0.1), (
           self.num_slots, self.num_slots - 1, self.num_classes, self.head_hidden))

@@ -1,4 +1,5 @@
-"""Shared layers: the scan LSTM stack every recurrent model uses.
+"""Shared layers: the scan LSTM stack every recurrent model uses, and `dense` /
+`einsum`, the other matmuls, in a model's compute dtype (model.dtype).
 
 The LSTM is written for speed: the input projection for all time steps is one
 matmul outside the scan, and the scan body does only the recurrent matmul and
@@ -31,6 +32,66 @@ import jax
 import jax.numpy as jnp
 
 Carry = Tuple[jax.Array, jax.Array]  # (h, c), each float[B, H].
+
+
+def _transposed_specs(spec):
+  """'A,B->C' -> ('C,B->A', 'A,C->B'): the einsums of the two operands' gradients (every
+  index of A is in B or C, and of B in A or C: true of matmul-like einsums)."""
+  inputs, out = spec.replace(' ', '').split('->')
+  a, b = inputs.split(',')
+  return f'{out},{b}->{a}', f'{a},{out}->{b}'
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _mixed_einsum(spec, a, b, dtype):
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _mixed_einsum_fwd(spec, a, b, dtype):
+  ac, bc = a.astype(dtype), b.astype(dtype)
+  out = jnp.einsum(spec, ac, bc, preferred_element_type=jnp.float32)
+  return out, (ac, bc, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+
+
+def _mixed_einsum_bwd(spec, dtype, residuals, g):
+  ac, bc, a_type, b_type = residuals
+  da_spec, db_spec = _transposed_specs(spec)
+  gc = g.astype(dtype)  # The gradient matmuls in `dtype` too, accumulated in float32.
+  return (jnp.einsum(da_spec, gc, bc, preferred_element_type=jnp.float32).astype(a_type.dtype),
+          jnp.einsum(db_spec, ac, gc, preferred_element_type=jnp.float32).astype(b_type.dtype))
+
+
+_mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+def einsum(spec, a, b, dtype=jnp.float32):
+  """jnp.einsum of two operands ('A,B->C', no ellipsis) computed in `dtype` (e.g. bfloat16)
+  and accumulated in float32, forward and backward (the gradients' matmuls take `dtype`
+  inputs too); the result is float32. float32: plain jnp.einsum."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(spec, a, b)
+  return _mixed_einsum(spec, a, b, jnp.dtype(dtype))
+
+
+def _dense_dot_general(dtype):
+  """nn.Dense's dot_general (inputs [..., K] x kernel [K, N]) through `einsum`."""
+
+  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    del precision, preferred_element_type
+    assert dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())), dimension_numbers
+    out = einsum('mk,kn->mn', lhs.reshape(-1, lhs.shape[-1]), rhs, dtype)
+    return out.reshape(lhs.shape[:-1] + rhs.shape[1:])
+
+  return dot_general
+
+
+def dense(features, dtype=jnp.float32, **kwargs):
+  """nn.Dense whose matmul (and its gradients') takes `dtype` inputs (e.g. bfloat16) and
+  accumulates in float32; its params stay float32 and its output is float32. float32: a
+  plain nn.Dense. The parameter names are nn.Dense's either way (checkpoints load in both)."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return nn.Dense(features, **kwargs)
+  return nn.Dense(features, dot_general=_dense_dot_general(jnp.dtype(dtype)), **kwargs)
 
 
 def _recurrent_matmul(v, w_t, dtype):
@@ -236,8 +297,7 @@ class LSTMLayer(nn.Module):
     if cond is not None:
       w_cond = self.param('w_cond', nn.initializers.lecun_normal(),
                           (cond.shape[-1], 4 * h_size))
-      b = b + jnp.einsum('bc,cg->bg', cond.astype(self.dtype), w_cond.astype(self.dtype),
-                         preferred_element_type=jnp.float32)
+      b = b + einsum('bc,cg->bg', cond, w_cond, self.dtype)
     if self.weight_dropout_rate and not deterministic:
       w_hh = nn.Dropout(self.weight_dropout_rate)(w_hh, deterministic=False)
     return w_ih, w_hh, b

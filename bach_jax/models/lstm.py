@@ -13,6 +13,7 @@ from bach_jax.config_base import ConfigError
 from bach_jax.data.pianoroll import LOWEST_PITCH, NUM_KEYS
 from bach_jax.models import common
 from bach_jax.models import family
+from bach_jax.models import layers
 from bach_jax.models.layers import LSTMStack
 
 CAPABILITIES = family.Capabilities(likelihood='exact', select_by='frame_nll', primer=True,
@@ -32,7 +33,7 @@ class NextFrameLSTM(nn.Module):
     self.stack = LSTMStack(self.hidden_size, self.num_layers, self.dropout_rate, self.dtype,
                            self.weight_dropout_rate)
     self.input_dropout = nn.Dropout(self.input_dropout_rate)
-    self.out = nn.Dense(NUM_KEYS)
+    self.out = layers.dense(NUM_KEYS, self.dtype)
 
   def __call__(self, inputs, carry=None, *, deterministic=True):
     x = self.input_dropout(inputs.astype(jnp.float32), deterministic=deterministic)

@@ -48,6 +48,7 @@ from bach_jax import config_base
 from bach_jax.models import common
 from bach_jax.models import family
 from bach_jax.models import heads
+from bach_jax.models import layers
 from bach_jax.models import rules as rules_lib
 from bach_jax.models.common import filter_logits  # pylint: disable=unused-import (tests)
 from bach_jax.models.frame_slots import (NEG, NUM_KEYS, _info, frame_slots, slots_to_frame,
@@ -82,9 +83,10 @@ check_corpus = heads.check_corpus
 
 # ------------------------------------------------------------------ model
 
-def _attend(q, k, v, q_pos, k_pos, window, rel_bias):
-  """Causal attention. q: [B, Tq, H, d]; k, v: [B, Tk, H, d] -> [B, Tq, H, d]."""
-  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+def _attend(q, k, v, q_pos, k_pos, window, rel_bias, dtype=jnp.float32):
+  """Causal attention. q: [B, Tq, H, d]; k, v: [B, Tk, H, d] -> [B, Tq, H, d]; dtype:
+  the two matmuls' input dtype (float32 accumulation)."""
+  scores = layers.einsum('bqhd,bkhd->bhqk', q, k, dtype) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
   dist = q_pos[:, None] - k_pos[None, :]  # [Tq, Tk]
   ok = dist >= 0
   if window:
@@ -92,7 +94,7 @@ def _attend(q, k, v, q_pos, k_pos, window, rel_bias):
   if rel_bias is not None:
     scores = scores + rel_bias[:, jnp.clip(dist, 0, rel_bias.shape[1] - 1)]
   scores = jnp.where(ok, scores, NEG)
-  return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, axis=-1), v)
+  return layers.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, axis=-1), v, dtype)
 
 
 class LSTMAttn(heads.FrameHeads, nn.Module):
@@ -121,8 +123,8 @@ class LSTMAttn(heads.FrameHeads, nn.Module):
     self.setup_input_embed()
     if self.attention:
       dim = self.attn_dim or self.hidden_size
-      self.qkv = nn.Dense(3 * dim, use_bias=False)
-      self.attn_out = nn.Dense(self.hidden_size)
+      self.qkv = layers.dense(3 * dim, self.dtype, use_bias=False)
+      self.attn_out = layers.dense(self.hidden_size, self.dtype)
       self.rel_bias = (self.param('rel_bias', nn.initializers.zeros,
                                   (self.attn_heads, self.attn_max_distance))
                        if self.attn_rel_bias else None)
@@ -145,7 +147,7 @@ class LSTMAttn(heads.FrameHeads, nn.Module):
       return h
     q, k, v = self._qkv(h)
     pos = jnp.arange(x.shape[1])
-    ctx = _attend(q, k, v, pos, pos, self.attn_window, self.rel_bias)
+    ctx = _attend(q, k, v, pos, pos, self.attn_window, self.rel_bias, self.dtype)
     return self._combine(h, ctx, deterministic)
 
   def encode_step(self, x, carry, cache, t):
@@ -160,7 +162,7 @@ class LSTMAttn(heads.FrameHeads, nn.Module):
     kc = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=1)
     vc = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=1)
     ctx = _attend(q, kc, vc, jnp.reshape(t, (1,)), jnp.arange(kc.shape[1]),
-                  self.attn_window, self.rel_bias)
+                  self.attn_window, self.rel_bias, self.dtype)
     return self._combine(h, ctx, True)[:, 0], carry, (kc, vc)
 
   def __call__(self, x, slots, deterministic=True):

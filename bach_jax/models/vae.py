@@ -45,6 +45,7 @@ from bach_jax.models import family
 from bach_jax.models import frame_decoder
 from bach_jax.models import heads
 from bach_jax.models import latent
+from bach_jax.models import layers
 from bach_jax.models import vae_config
 from bach_jax.models.frame_decoder import NUM_KEYS, Segments
 from bach_jax.models.layers import LSTMLayer, LSTMStack
@@ -81,9 +82,9 @@ class RecurrentVAE(frame_decoder.FrameDecoder, nn.Module):
     self.setup_input_embed()
     self.enc_fwd = LSTMLayer(self.encoder_hidden, dtype=self.dtype)
     self.enc_bwd = LSTMLayer(self.encoder_hidden, dtype=self.dtype)
-    self.to_posterior = nn.Dense(2 * self.latent_dim)
+    self.to_posterior = layers.dense(2 * self.latent_dim, self.dtype)
     if self.decoder == 'hierarchical':
-      self.conductor_init = nn.Dense(2 * self.conductor_hidden)
+      self.conductor_init = layers.dense(2 * self.conductor_hidden, self.dtype)
       self.conductor = LSTMStack(self.conductor_hidden, 1, dtype=self.dtype)
     self.setup_decoder()
 

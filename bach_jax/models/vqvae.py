@@ -40,6 +40,7 @@ from bach_jax.models import common
 from bach_jax.models import family
 from bach_jax.models import frame_decoder
 from bach_jax.models import heads
+from bach_jax.models import layers
 from bach_jax.models import vqvae_config
 from bach_jax.models.frame_decoder import NUM_KEYS, Segments
 from bach_jax.models.frame_slots import slots_to_frame
@@ -75,13 +76,13 @@ class VQVAE(frame_decoder.FrameDecoder, nn.Module):
 
   def setup(self):
     self.setup_input_embed()
-    self.pattern_in = nn.Dense(self.encoder_hidden)
+    self.pattern_in = layers.dense(self.encoder_hidden, self.dtype)
     if self.encoder == 'bilstm':
       self.enc_fwd = LSTMLayer(self.encoder_hidden, dtype=self.dtype)
       self.enc_bwd = LSTMLayer(self.encoder_hidden, dtype=self.dtype)
     else:
       self.enc_conv = [nn.Conv(self.encoder_hidden, (3,), padding='SAME') for _ in range(2)]
-    self.to_code = nn.Dense(self.code_dim)
+    self.to_code = layers.dense(self.code_dim, self.dtype)
     self.codebook = self.param('codebook', nn.initializers.normal(1.0),
                                (self.codebook_size, self.code_dim))
     self.ctx_fwd = LSTMLayer(self.context_hidden, dtype=self.dtype)

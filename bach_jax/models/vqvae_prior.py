@@ -22,6 +22,7 @@ import ml_collections
 from bach_jax.models import common
 from bach_jax.models import family
 from bach_jax.models import heads
+from bach_jax.models import layers
 from bach_jax.models import vqvae
 from bach_jax.models.layers import LSTMStack
 
@@ -67,7 +68,7 @@ class CodePrior(nn.Module):
   def setup(self):
     self.embed = nn.Embed(self.codebook_size + 1, self.embed_dim)  # + the start symbol.
     self.lstm = LSTMStack(self.hidden, self.layers, self.dropout_rate, self.dtype)
-    self.out = nn.Dense(self.codebook_size)
+    self.out = layers.dense(self.codebook_size, self.dtype)
 
   def __call__(self, codes, deterministic=True):
     start = jnp.full(codes.shape[:1] + (1,), self.codebook_size, jnp.int32)
