@@ -13,6 +13,7 @@ which the subprocesses share; the reference run prepares it if needed.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -89,8 +90,10 @@ def _listening(port):
   return found
 
 
-def run_two_processes(tmp_path, workdir, flags, name):
-  """Runs bach_jax.main as processes 0 and 1 -> (stdouts, files each wrote, bound addrs)."""
+def run_two_processes(tmp_path, workdir, flags, name, signal_after=None, returncode=0):
+  """Runs bach_jax.main as processes 0 and 1 -> (stdouts, files each wrote, bound addrs).
+  signal_after: a text; once process 0 has printed it, both get SIGTERM (a preempted
+  slice). returncode: what both must exit with."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
              JAX_NUM_PROCESSES='2', PYTHONPATH=REPO)
@@ -116,6 +119,13 @@ def run_two_processes(tmp_path, workdir, flags, name):
     while not bound and time.time() < deadline and procs[0].poll() is None:
       bound = _listening(port)
       time.sleep(0.05)
+    if signal_after is not None:
+      deadline = time.time() + 300
+      while signal_after not in (tmp_path / f'{name}_0.log').read_text():
+        assert time.time() < deadline and procs[0].poll() is None, f'no {signal_after!r}'
+        time.sleep(0.05)
+      for p in procs:
+        p.send_signal(signal.SIGTERM)
     for p in procs:
       p.wait(timeout=400)
   finally:
@@ -128,7 +138,7 @@ def run_two_processes(tmp_path, workdir, flags, name):
     log.seek(0)
     outs.append(log.read())
     log.close()
-    assert p.returncode == 0, f'process {i} exited {p.returncode}:\n{outs[-1][-3000:]}'
+    assert p.returncode == returncode, f'process {i} exited {p.returncode}:\n{outs[-1][-3000:]}'
   written = [json.loads((tmp_path / f'{name}_{i}.json').read_text()) for i in range(2)]
   return outs, written, bound
 
@@ -204,6 +214,20 @@ def test_two_processes_train_resume_and_hand_over_to_one(reference, tmp_path):
   print(f'losses 1..30: max relative difference {worst:.2e}; valid NLL '
         f'{[round(got_nll[s], 6) for s in (10, 20, 30)]} vs '
         f'{[round(ref_nll[s], 6) for s in (10, 20, 30)]}')
+
+
+def test_sigterm_stops_both_processes_at_one_step_with_one_checkpoint(tmp_path):
+  """A preempted slice: SIGTERM to every process; JAX's preemption sync makes them stop
+  at the same step, save it together and exit 75 (main.EXIT_INTERRUPTED)."""
+  workdir = str(tmp_path / 'run')
+  flags = _flags(400, **{'train.checkpoint_every': 400, 'train.eval_every': 400})
+  outs, _, _ = run_two_processes(tmp_path, workdir, flags, 'preempted',
+                                 signal_after='step 10/', returncode=75)
+  steps = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert len(steps) == 1 and 10 <= int(steps[0]) < 400, steps
+  assert f'preemption: saved a checkpoint at step {steps[0]}' in outs[0], outs[0][-2000:]
+  for out in outs:
+    assert f'{{"interrupted_at": {steps[0]}}}' in out, out[-2000:]
 
 
 @pytest.mark.parametrize('env, match', [
