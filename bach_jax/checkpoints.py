@@ -187,7 +187,8 @@ class Checkpointer:
 
     score: the family's selection metric on valid (lower is better) or None; a
     non-finite score never becomes the best. Raises workdir.WriteError naming the
-    path when the disk is full (here, or for the previous, asynchronous save).
+    path when the disk is full (here, or for the previous, asynchronous save; with
+    several processes also for this step's latest save, which the best one waits for).
     """
     self.wait()
     size = sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state))

@@ -31,7 +31,7 @@ def get_config(arg=''):
   m.gp_weight = 10.0  # WGAN-GP: weight of the gradient penalty.
   m.clip = 0.01  # WGAN-clip: critic weights kept in [-clip, clip].
   m.adam_b1, m.adam_b2 = 0.5, 0.9  # WGAN-GP's Adam betas.
-  m.dtype = 'float32'  # LSTM matmul input dtype: 'bfloat16' is faster on TPU/GPU.
+  m.dtype = 'float32'  # Matmul inputs (float32 accumulation): 'bfloat16' is faster on TPU/GPU.
 
   d, t = config.data, config.train
   d.window_steps = 65  # A start frame and 64 generated steps (4 bars at 4 per quarter).

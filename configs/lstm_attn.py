@@ -20,7 +20,7 @@ def get_config(arg=''):
   m.num_layers = 2  # LSTM layers.
   m.dropout_rate = 0.5  # After each LSTM layer, on the attention context and head hidden.
   m.weight_dropout_rate = 0.0  # DropConnect on the LSTM's recurrent weights (AWD-LSTM).
-  m.dtype = 'float32'  # LSTM matmul input dtype: 'bfloat16' is faster on TPU/GPU.
+  m.dtype = 'float32'  # Matmul inputs (float32 accumulation): 'bfloat16' is faster on TPU/GPU.
   m.attention = True  # False: heads see only the LSTM output (the ablation).
   m.attn_heads = 4  # Attention heads.
   m.attn_dim = 0  # Query/key/value width of all heads together; 0 = hidden_size.

@@ -34,7 +34,7 @@ def model_defaults(m):
   m.restart_dead_codes = True  # Move codes used < dead_code_threshold times per step on
   m.dead_code_threshold = 1.0  #   average onto random encoder outputs of the batch.
   m.dropout_rate = 0.2
-  m.dtype = 'float32'  # LSTM matmul input dtype: 'bfloat16' is faster on TPU/GPU.
+  m.dtype = 'float32'  # Matmul inputs (float32 accumulation): 'bfloat16' is faster on TPU/GPU.
   m.heads = 'autoregressive'  # Frame heads, as in configs/lstm_attn.py.
   m.voice_order = 'soprano_first'
   m.num_voices = -1  # -1: from the corpus; 0: sorted-set mode.
