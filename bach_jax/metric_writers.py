@@ -84,7 +84,7 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {'step': int(step)}
-    record.update({k: _json_value(v) for k, v in scalars.items()})
+    record.update({k: json_safe(v) for k, v in scalars.items()})
     with self._errors():
       self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
     if tensorboard and self._tb is not None:
@@ -125,10 +125,11 @@ def _summary_writer(logdir, purge_step):
 
 
 def json_safe(x):
-  """A copy of nested dicts / lists / numbers with NaN and inf as None (strict JSON)."""
+  """A copy of nested dicts / lists / numbers / arrays with NaN and inf as None (strict
+  JSON): what metrics.jsonl, main's result lines and report.json hold."""
   if isinstance(x, dict):
     return {str(k): json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
+  if isinstance(x, (list, tuple)) or getattr(x, 'ndim', 0) > 0:
     return [json_safe(v) for v in x]
   if isinstance(x, bool) or x is None or isinstance(x, str):
     return x
@@ -136,14 +137,6 @@ def json_safe(x):
     v = x.item() if hasattr(x, 'item') else x
     return v if isinstance(v, (bool, int)) or math.isfinite(v) else None
   return str(x)
-
-
-def _json_value(v):
-  """A metric as strict JSON: float (None when not finite), or a list of them."""
-  if isinstance(v, (list, tuple)) or getattr(v, 'ndim', 0) > 0:
-    return [_json_value(x) for x in list(v)]
-  v = float(v)
-  return v if math.isfinite(v) else None
 
 
 def _parse_rows(text):
