@@ -42,15 +42,16 @@ def _transposed_specs(spec):
   return f'{out},{b}->{a}', f'{a},{out}->{b}'
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _mixed_einsum(spec, a, b, dtype):
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
-
-
 def _mixed_einsum_fwd(spec, a, b, dtype):
   ac, bc = a.astype(dtype), b.astype(dtype)
   out = jnp.einsum(spec, ac, bc, preferred_element_type=jnp.float32)
+  # Scalars of the operands' own dtypes: the gradients go back in those.
   return out, (ac, bc, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _mixed_einsum(spec, a, b, dtype):
+  return _mixed_einsum_fwd(spec, a, b, dtype)[0]
 
 
 def _mixed_einsum_bwd(spec, dtype, residuals, g):
