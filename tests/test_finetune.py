@@ -2,8 +2,8 @@
 (Palestrina, from music21's corpus), mismatches refused before training, load_params."""
 
 import functools
+import importlib.util
 import os
-import re
 import subprocess
 import sys
 
@@ -28,15 +28,16 @@ QUIET = {'train.num_final_samples': 0}
 
 @pytest.fixture(scope='module')
 def palestrina(tmp_path_factory):
-  """A folder of Palestrina mass movements as MIDI (music21 corpus -> .mid)."""
-  import music21  # pylint: disable=g-import-not-at-top
-  folder = tmp_path_factory.mktemp('palestrina')
-  paths = [str(p) for p in music21.corpus.getComposer('palestrina')]
-  whole = sorted((os.path.getsize(p), p) for p in paths if re.search(r'_\d+\.krn$', p))
-  for _, path in whole[:NUM_FILES]:
-    name = os.path.basename(path)[:-len('.krn')] + '.mid'
-    music21.converter.parse(path).write('midi', fp=str(folder / name))
-  return str(folder)
+  """A folder of Palestrina mass movements as MIDI (music21 corpus -> .mid), written by
+  scripts/music21_midi.py, as docs/results.md's fine-tuning example does."""
+  folder = str(tmp_path_factory.mktemp('palestrina'))
+  spec = importlib.util.spec_from_file_location(
+      'music21_midi', os.path.join(REPO, 'scripts', 'music21_midi.py'))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  script.main(['palestrina', folder, f'--num={NUM_FILES}'])
+  assert len(os.listdir(folder)) == NUM_FILES
+  return folder
 
 
 @pytest.fixture(scope='module')
