@@ -16,9 +16,9 @@
 # the embedded chorales"): lstm 0.4 (20 min), lstm_attn 1.0 (49 min), vae 1.7 (86 min),
 # vqvae 1.9 (96 min), vqvae_prior 0.4 (18 min), gan 3.4 (171 min). Not run end to end at
 # that budget; the smoke variant runs in the test suite. The report itself takes minutes
-# (sampling 64 x 256 frames per run and scoring the test split: 87 s for six runs). Re-running resumes: a finished run (latest
-# checkpoint at its config's last step) is skipped, an interrupted one resumes, and the
-# report is written again.
+# (sampling 64 x 256 frames per run and scoring the test split: 87 s for six runs).
+# Re-running resumes: a finished run (latest checkpoint at its config's last step) is
+# skipped, an interrupted one resumes, and the report is written again.
 #
 # Environment:
 #   SMOKE=1        configs/<name>.py:test, $SMOKE_STEPS steps (default 10), evaluated at the

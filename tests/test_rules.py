@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -295,7 +296,6 @@ def test_a_trained_run_samples_scores_and_loads_under_rules_from_the_cli(trained
   """The shared lstm_attn run end to end: --mode=sample with a primer under hard rules,
   --mode=evaluate scoring the soft-constrained model (and its samples' metrics), and
   load_model(workdir).sample with a primer and a clamped melody under the rules."""
-  import json  # pylint: disable=g-import-not-at-top
   workdir, result = trained_run('lstm_attn')
   out = tmp_path / 'out'
   proc = run_main(f'--workdir={workdir}', '--mode=sample', f'--outdir={out}',
