@@ -28,6 +28,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from bach_jax import workdir as workdir_lib
+from bach_jax.errors import CheckpointError
 
 
 def _score(metrics):
@@ -37,24 +38,9 @@ def _score(metrics):
   return None if value is None else float(value)
 
 
-def _local_target(state_path):
-  """ShapeDtypeStructs of a saved state on this process's first device, from its metadata."""
-  meta = ocp.StandardCheckpointHandler().metadata(state_path)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                      getattr(meta, 'tree', meta))
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint is missing or does not match; the message names the path."""
-
-
-class DamagedCheckpoint(CheckpointError):
-  """A checkpoint exists but does not restore; .path names it, .reason says why."""
-
-  def __init__(self, path, reason):
-    super().__init__(f'{path}: damaged checkpoint ({reason})')
-    self.path, self.reason = path, reason
+def _read_score(path):
+  """The score a best checkpoint was saved with (its Orbax `metrics` item)."""
+  return _score(json.loads((path / 'metrics' / 'metrics').read_text()))
 
 
 def _warn_stderr(msg):
@@ -98,10 +84,10 @@ def _first_line(e, limit=120, path=None):
   return text if len(text) <= limit else text[:limit] + '...'
 
 
-def _tree_shapes(tree):
-  """{'a/b/c': shape} of a pytree of arrays / ShapeDtypeStructs / array metadata."""
+def tree_shapes(tree):
+  """{'a/b/c': shape} of a pytree of arrays, ShapeDtypeStructs or Orbax array metadata."""
   def name(k):
-    for attr in ('name', 'key', 'idx'):
+    for attr in ('key', 'name', 'idx'):
       if hasattr(k, attr):
         return str(getattr(k, attr))
     return str(k)
@@ -110,18 +96,33 @@ def _tree_shapes(tree):
           for path, leaf in leaves}
 
 
-def _mismatch(saved, wanted):
-  """A short description of how two {name: shape} dicts differ, or None."""
-  missing = sorted(set(wanted) - set(saved))
-  if missing:
-    return f'it has no {missing[0]}' + (f' (+{len(missing) - 1} more)' if len(missing) > 1 else '')
-  extra = sorted(set(saved) - set(wanted))
-  if extra:
-    return f'it has {extra[0]}, which the config does not make'
-  for k in sorted(wanted):
-    if saved[k] != wanted[k]:
-      return f'{k} has shape {saved[k]} there, {wanted[k]} with this config'
+def describe_mismatch(saved, wanted):
+  """How two {name: shape} dicts differ (the first difference, in name order), or None."""
+  for name in sorted(set(saved) | set(wanted)):
+    if name not in saved:
+      return f'parameter {name} {wanted[name]} is not there'
+    if name not in wanted:
+      return f'its parameter {name} {saved[name]} is not in this model'
+    if saved[name] != wanted[name]:
+      return f'parameter {name} has shape {saved[name]} there, {wanted[name]} here'
   return None
+
+
+def parse_spec(spec):
+  """'WORKDIR' or 'WORKDIR:STEP' -> (workdir, step or None). A ':' followed by anything but
+  digits is part of the path (gs://bucket/run)."""
+  head, sep, tail = spec.rpartition(':')
+  if sep and head and tail.isdigit():
+    return head, int(tail)
+  return spec, None
+
+
+class DamagedCheckpoint(CheckpointError):
+  """A checkpoint exists but does not restore; .path names it, .reason says why."""
+
+  def __init__(self, path, reason):
+    super().__init__(f'{path}: damaged checkpoint ({reason})')
+    self.path, self.reason = path, reason
 
 
 _EVENT_LOOP_FILTER = []
@@ -151,31 +152,64 @@ def _quiet_closed_event_loop():
 class Checkpointer:
   """Saves and restores {state, data-iterator state, metadata} of a run.
 
-  read_only: for sampling / evaluation (creates nothing, deletes nothing).
+  Two Orbax managers write: checkpoints/ (the latest `keep`) and best/ (one, by
+  score). Every restore (a resume, the best for the final scores, load_model, a
+  fine-tuning start) goes through `restore_first`: a list of step directories, one
+  target (the family's abstract state), the first that restores wins, each damaged
+  one is named in a warning (and moved to damaged/ by a resuming run).
+
+  read_only: for sampling / evaluation / fine-tuning's source: no managers (nothing
+  created, deleted or read beyond the step directories asked for).
   """
 
-  def __init__(self, workdir, keep=3, read_only=False):
+  def __init__(self, workdir, keep=3, read_only=False, warn=_warn_stderr):
     self.workdir = workdir_lib.as_path(workdir)
     self.read_only = read_only
+    self.latest = self.best = None
+    self._pending = {}  # manager name -> (step path, bytes needed) of an unfinished save
     _quiet_closed_event_loop()
-
-    def options(**kw):
-      return ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
-                                          cleanup_tmp_directories=not read_only, **kw)
-
+    if read_only:
+      return
+    options = lambda **kw: ocp.CheckpointManagerOptions(create=True, **kw)
     self.latest = ocp.CheckpointManager(self.workdir / 'checkpoints',
                                         options=options(max_to_keep=keep))
+    self._set_aside_unscored(warn)
     self.best = ocp.CheckpointManager(
         self.workdir / 'best', options=options(max_to_keep=1, best_fn=_score, best_mode='min'))
-    self._pending = {}  # manager name -> (step path, bytes needed) of an unfinished save
     self._last_good = self.latest.latest_step()
-
-  def _manager(self, best):
-    return self.best if best else self.latest
 
   def path(self, step, best=False):
     """WORKDIR/checkpoints/<step> (or WORKDIR/best/<step>)."""
     return self.workdir / ('best' if best else 'checkpoints') / str(step)
+
+  def steps(self, best=False):
+    """The steps saved in checkpoints/ (or best/), oldest first."""
+    mngr = self.best if best else self.latest
+    if mngr is not None:
+      return sorted(mngr.all_steps())
+    folder = self.workdir / ('best' if best else 'checkpoints')
+    return sorted(ocp.utils.checkpoint_steps(folder)) if folder.exists() else []
+
+  def latest_step(self):
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def best_step(self):
+    return self.best.best_step() if self.best is not None else (self.steps(True) or [None])[-1]
+
+  def _set_aside_unscored(self, warn):
+    """A best checkpoint whose score (its `metrics` item) does not read is moved to
+    damaged/ before the best manager, which reads every score when it starts, sees it."""
+    damaged = []
+    for step in self.steps(best=True):
+      try:
+        _read_score(self.path(step, True))
+      except FileNotFoundError:
+        continue
+      except (ValueError, TypeError, AttributeError, OSError) as e:
+        warn(f'{self.path(step, True)}: damaged checkpoint (its score: {_first_line(e)})')
+        damaged.append(self.path(step, True))
+    self.quarantine(damaged, warn)
 
   def _args(self, state, data_state, meta):
     return ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -230,17 +264,16 @@ class Checkpointer:
 
   def best_score(self):
     """The best checkpoint's valid score (its metric: meta['select_by']), or None."""
-    step = self.best.best_step()
-    if step is None:
-      return None
-    meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return _score(meta['meta'])
+    step = self.best_step()
+    return None if step is None else _read_score(self.path(step, True))
 
   def wait(self):
     """Waits for asynchronous saves; WriteError naming the path of one that failed."""
     for name in ('latest', 'best'):
       path, size = self._pending.pop(name, (None, 0))
       mngr = getattr(self, name)
+      if mngr is None:
+        continue
       if path is None:
         mngr.wait_until_finished()
         continue
@@ -249,153 +282,104 @@ class Checkpointer:
       if name == 'latest':
         self._last_good = int(path.name)
 
-  def latest_step(self):
-    return self.latest.latest_step()
-
-  def restore(self, abstract_state, step=None, best=False):
-    """-> (state, data_state, meta). abstract_state: pytree of jax.ShapeDtypeStruct
-    (with shardings) describing the TrainState to restore into. Raises
-    CheckpointError (DamagedCheckpoint when the files do not restore)."""
-    mngr = self._manager(best)
-    if step is None:
-      step = mngr.best_step() if best else mngr.latest_step()
+  def restore(self, target, step=None, best=False):
+    """-> (state, data_state, meta) of a step (default: the latest, or the best) of
+    checkpoints/ (best/). target: pytree of jax.ShapeDtypeStruct (with shardings) of
+    the state. CheckpointError (DamagedCheckpoint when the files do not restore)."""
+    step = (self.best_step() if best else self.latest_step()) if step is None else step
     if step is None:
       where = self.workdir / ('best' if best else 'checkpoints')
       raise CheckpointError(f'{where}: no checkpoint to restore')
-    return self._restore(step, best, abstract_state)
+    return self._restore(self.path(step, best), target)
 
-  def _restore(self, step, best, abstract_state):
-    args = {'meta': ocp.args.JsonRestore()}
-    if abstract_state is not None:
-      args['data'] = ocp.args.JsonRestore()
+  def _restore(self, path, target):
+    """The one restore of every checkpoint: into `target`, its shapes checked first."""
+    self._check_matches(path, target)
+    args = {'state': ocp.args.StandardRestore(target), 'data': ocp.args.JsonRestore(),
+            'meta': ocp.args.JsonRestore()}
     try:
-      # For inference (no abstract state) the arrays come onto this process's first
-      # device, whatever mesh and process count saved them (a slice's run on a laptop).
-      target = abstract_state or _local_target(self.path(step, best) / 'state')
-      args['state'] = ocp.args.StandardRestore(target)
-      restored = self._manager(best).restore(step, args=ocp.args.Composite(**args))
+      with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
+        restored = reader.restore(path, args=ocp.args.Composite(**args))
     except Exception as e:  # pylint: disable=broad-except  (TensorStore, JSON, pytree errors)
-      if abstract_state is not None:
-        self._check_matches(step, best, abstract_state)
-      path = self.path(step, best)
       raise DamagedCheckpoint(path, _first_line(e, path=path)) from None
-    return restored['state'], restored.get('data'), restored['meta']
+    return restored['state'], restored['data'], restored['meta']
 
-  def _check_matches(self, step, best, abstract_state):
-    """CheckpointError when a checkpoint's readable metadata shows another model."""
-    path = self.path(step, best)
+  def _check_matches(self, path, target):
+    """CheckpointError when the checkpoint's metadata shows another model's shapes (not
+    damage: nothing is moved); unreadable metadata is left to the restore to report."""
     try:
       saved = ocp.StandardCheckpointHandler().metadata(path / 'state')
     except Exception:  # pylint: disable=broad-except  (unreadable: damaged, said by the caller)
       return
-    how = _mismatch(_tree_shapes(getattr(saved, 'tree', saved)), _tree_shapes(abstract_state))
+    how = describe_mismatch(tree_shapes(getattr(saved, 'tree', saved)), tree_shapes(target))
     if how:
       raise CheckpointError(f'{path}: the checkpoint does not match the config ({how}); '
                             'resume with the run\'s config or use a new workdir')
 
-  def restore_intact(self, abstract_state, best=False, warn=_warn_stderr, quarantine=False):
-    """The newest checkpoint that restores -> (state, data_state, meta, step), or None
-    when there is none at all.
+  def candidates(self, step=None, prefer_best=True):
+    """The step directories to load a model from, in order: a given step of
+    checkpoints/, else the best ones (prefer_best), then the latest, newest first.
+    CheckpointError when there is none."""
+    if step is not None:
+      if step not in self.steps():
+        raise CheckpointError(f'{self.workdir}: no checkpoint at step {step} '
+                              f'(have {self.steps()})')
+      return [self.path(step)]
+    found = [self.path(s, True) for s in reversed(self.steps(True))] if prefer_best else []
+    found += [self.path(s) for s in reversed(self.steps())]
+    if not found:
+      raise CheckpointError(f'{self.workdir}: no checkpoint to load')
+    return found
 
-    Each damaged newer one gets a warning naming its path; with quarantine (a
-    resuming run, which will save those steps again) it is moved to
-    WORKDIR/damaged/. CheckpointError when checkpoints exist but none restores.
-    """
-    mngr = self._manager(best)
-    steps = sorted(mngr.all_steps(), reverse=True)
+  def restore_first(self, paths, target, warn=_warn_stderr, quarantine=False):
+    """The first of `paths` that restores into `target` -> (state, data, meta, path), or
+    None when none does. Each damaged one before it gets a warning naming it (quarantine:
+    a resuming run moves it to damaged/); the path used then gets a line of its own.
+    A checkpoint of another model is CheckpointError at once, never damage."""
     damaged = []
-    for step in steps:
+    for path in paths:
       try:
-        state, data, meta = self._restore(step, best, abstract_state)
+        state, data, meta = self._restore(path, target)
       except DamagedCheckpoint as e:
-        warn(f'{e}; trying an older checkpoint')
-        damaged.append(step)
+        warn(str(e))
+        damaged.append(path)
         continue
+      if damaged:
+        warn(f'using {path} instead')
       if quarantine:
-        self.quarantine(damaged, best, warn)
-      return state, data, meta, step
-    if steps:
-      raise CheckpointError(f'{self.workdir / ("best" if best else "checkpoints")}: no '
-                            f'checkpoint restores (damaged: steps {sorted(damaged)})')
+        self.quarantine(damaged, warn)
+      return state, data, meta, path
+    if quarantine:
+      self.quarantine(damaged, warn)
     return None
 
-  def check_best(self, abstract_state, warn=_warn_stderr):
-    """A resuming run: moves a best checkpoint that does not restore to damaged/."""
-    step = self.best.best_step()
-    if step is None:
-      return
-    try:
-      self._restore(step, True, abstract_state)
-      self.best_score()
-    except CheckpointError as e:
-      if not isinstance(e, DamagedCheckpoint):
-        raise
-      warn(f'{e}; the next better score will be the best checkpoint')
-      self.quarantine([step], True, warn)
-    except Exception as e:  # pylint: disable=broad-except  (its metadata JSON)
-      warn(f'{self.path(step, True)}: damaged checkpoint ({_first_line(e)})')
-      self.quarantine([step], True, warn)
-
-  def quarantine(self, steps, best, warn=_warn_stderr):
-    """Moves steps to WORKDIR/damaged/<checkpoints|best>-<step>[-n] (process 0)."""
-    if not steps:
+  def quarantine(self, paths, warn=_warn_stderr):
+    """Moves step directories to WORKDIR/damaged/<checkpoints|best>-<step>[-n] (process 0)."""
+    if not paths:
       return
     if jax.process_index() == 0:
       target_dir = self.workdir / 'damaged'
       target_dir.mkdir(parents=True, exist_ok=True)
-      for step in steps:
-        source = self.path(step, best)
-        target = target_dir / f'{source.parent.name}-{step}'
+      for source in paths:
+        target = target_dir / f'{source.parent.name}-{source.name}'
         n = 1
         while target.exists():
           n += 1
-          target = target_dir / f'{source.parent.name}-{step}-{n}'
+          target = target_dir / f'{source.parent.name}-{source.name}-{n}'
         source.rename(target)
         warn(f'moved {source} to {target}')
     if jax.process_count() > 1:
       ocp.multihost.sync_global_processes('bach_jax_quarantine')
-    self._manager(best).reload()
-    if not best:
+    for mngr in (self.latest, self.best):
+      if mngr is not None:
+        mngr.reload()
+    if self.latest is not None:
       self._last_good = self.latest.latest_step()
 
-  def load_for_inference(self, step=None, prefer_best=True, warn=_warn_stderr):
-    """Restores params for sampling / evaluation -> (state dict, meta, step, path).
-
-    step=None: the best checkpoint (prefer_best), else the newest; a damaged one
-    gets a warning naming its path and the next candidate (older best, then the
-    latest ones, newest first) is used, which a second line names. A given step
-    must restore.
-    """
-    if step is not None:
-      if step not in self.latest.all_steps():
-        raise CheckpointError(f'{self.workdir}: no checkpoint at step {step} '
-                              f'(have {self.latest.all_steps()})')
-      candidates = [(step, False)]
-    else:
-      candidates = [(s, True) for s in sorted(self.best.all_steps(), reverse=True)
-                    if prefer_best]
-      candidates += [(s, False) for s in sorted(self.latest.all_steps(), reverse=True)]
-    if not candidates:
-      raise CheckpointError(f'{self.workdir}: no checkpoint to load')
-    failed = []
-    for s, best in candidates:
-      try:
-        state, _, meta = self._restore(s, best, None)
-      except DamagedCheckpoint as e:
-        if step is not None:
-          raise
-        warn(str(e))
-        failed.append(e.path)
-        continue
-      if failed:
-        warn(f'using {self.path(s, best)} instead')
-      return state, meta, s, self.path(s, best)
-    raise CheckpointError(f'{self.workdir}: no checkpoint restores ({len(failed)} damaged, '
-                          'named above)')
-
   def close(self):
-    self.latest.close()
-    self.best.close()
+    for mngr in (self.latest, self.best):
+      if mngr is not None:
+        mngr.close()
 
 
 class _WriteErrors:

@@ -36,14 +36,15 @@ import os
 import sys
 import time
 
+from bach_jax import compare_plots
+from bach_jax import errors
+from bach_jax import compare_report
+from bach_jax import experiment
+from bach_jax import generate
 from bach_jax import metrics
-from bach_jax.data import pianoroll
-
-VOICE_MODES = ('roll', 'own')
-
-
-class CompareError(ValueError):
-  """A run or option of the report is unusable; the message names it."""
+from bach_jax.errors import CompareError
+from bach_jax.metrics import VOICE_MODES
+from bach_jax.pieces import cut_pieces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,30 +90,6 @@ def unique_labels(labels):
     seen[label] = seen.get(label, 0) + 1
     out.append(label if seen[label] == 1 else f'{label} ({seen[label]})')
   return out
-
-
-def cut_pieces(pieces, num_steps):
-  """PianoRolls cut to their first num_steps frames (shorter ones kept whole)."""
-  return [pianoroll.PianoRoll(p.roll[:num_steps],
-                              None if p.voices is None else p.voices[:num_steps],
-                              p.steps_per_quarter, dict(p.meta)) for p in pieces]
-
-
-def set_metrics(pieces, steps_per_quarter, voices='roll'):
-  """metrics.evaluate_set of PianoRolls -> name -> float[N] (histogram float[N, 12]).
-
-  voices: 'roll' guesses the 4 voices from the 4-note frames; 'own' uses the
-  pieces' voices when every piece has 4 (else guesses them too). Guessed voices
-  are in pitch order, so they never cross: 'voice_crossing' is left out then.
-  """
-  if voices not in VOICE_MODES:
-    raise CompareError(f'--voices must be one of {VOICE_MODES}, got {voices!r}')
-  rolls, lengths, own = metrics.pad_pieces(pieces)
-  use = own if voices == 'own' and own is not None and own.shape[2] == 4 else None
-  values = metrics.evaluate_set(rolls, lengths, steps_per_quarter, use)
-  if use is None:
-    del values['voice_crossing']
-  return values
 
 
 def _fmt_seconds(s):
@@ -209,7 +186,7 @@ def sample_metric_summary(model, corpus, num_pieces=64, num_steps=256, seed=0,
 
   Args:
     model: generate.LoadedModel.
-    corpus: the run's Corpus (train.setup(model.config)[1]).
+    corpus: the run's Corpus (experiment.setup(model.config).corpus).
     num_pieces, num_steps, seed: the samples.
     temperature: default model.config.sample.temperature.
     voices: 'roll' or 'own' (see set_metrics).
@@ -229,8 +206,8 @@ def sample_metric_summary(model, corpus, num_pieces=64, num_steps=256, seed=0,
     return {'skipped': str(e)}
   pieces, sampling = sample_timed(model, num_pieces, num_steps, temperature, seed,
                                   label=model.config.model.name, log=log)
-  result = metrics.compare(set_metrics(pieces, model.steps_per_quarter, voices),
-                           set_metrics(reference, corpus.steps_per_quarter, voices))
+  result = metrics.compare(metrics.set_metrics(pieces, model.steps_per_quarter, voices),
+                           metrics.set_metrics(reference, corpus.steps_per_quarter, voices))
   result.update(sampling=sampling, num_steps=num_steps, seed=seed, temperature=temperature,
                 voices=voices, reference=describe_reference(corpus, reference, True, num_steps))
   return result
@@ -238,12 +215,10 @@ def sample_metric_summary(model, corpus, num_pieces=64, num_steps=256, seed=0,
 
 def _run_entry(workdir, label, settings, reference, ref_spq, log):
   """Loads, samples, scores and measures one run -> (report entry, first sample)."""
-  from bach_jax import generate, train  # pylint: disable=g-import-not-at-top
-  from bach_jax import compare_report  # pylint: disable=g-import-not-at-top
   model = generate.load_model(workdir)
   if settings.cache_dir:
     model.config.data.cache_dir = settings.cache_dir
-  _, corpus, _ = train.setup(model.config)
+  corpus = experiment.setup(model.config).corpus
   if model.steps_per_quarter != ref_spq:
     log(f'warning: {label} samples {model.steps_per_quarter} steps per quarter, the '
         f'reference has {ref_spq}; its rhythm metrics are not comparable')
@@ -251,7 +226,7 @@ def _run_entry(workdir, label, settings, reference, ref_spq, log):
                                   settings.temperature, settings.seed, settings.sample_batch,
                                   label, log)
   t0 = time.perf_counter()
-  values = set_metrics(pieces, model.steps_per_quarter, settings.voices)
+  values = metrics.set_metrics(pieces, model.steps_per_quarter, settings.voices)
   metrics_seconds = time.perf_counter() - t0
   likelihood = score_test(model, corpus)
   if likelihood:
@@ -280,26 +255,23 @@ def build_report(runs, out, settings=Settings(), log=print):
   Returns:
     The report dict written to report.json.
   """
-  # pylint: disable-next=g-import-not-at-top
-  from bach_jax import checkpoints, compare_plots, compare_report, train
   if not runs:
     raise CompareError('no run to compare')
   if settings.num_pieces < 1 or settings.num_steps < 1:
     raise CompareError('--num_pieces and --num_steps must be >= 1')
   if settings.voices not in VOICE_MODES:
     raise CompareError(f'--voices must be one of {VOICE_MODES}, got {settings.voices!r}')
-  import ml_collections  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   labels = unique_labels([label for _, label in runs])
-  config = ml_collections.ConfigDict(checkpoints.read_config_dict(runs[0][0]))
+  config = experiment.read_config(runs[0][0])
   if settings.cache_dir:
     config.data.cache_dir = settings.cache_dir
-  _, corpus, _ = train.setup(config)
+  corpus = experiment.setup(config).corpus
   spq, n = corpus.steps_per_quarter, settings.num_steps
   test = reference_pieces(corpus, 'test', n, settings.cut_reference)
   valid = reference_pieces(corpus, 'valid', n, settings.cut_reference)
-  ref_values = set_metrics(test, spq, settings.voices)
-  noise_floor = metrics.compare(set_metrics(valid, spq, settings.voices), ref_values)
+  ref_values = metrics.set_metrics(test, spq, settings.voices)
+  noise_floor = metrics.compare(metrics.set_metrics(valid, spq, settings.voices), ref_values)
   log(f'reference: {len(test)} test pieces of {corpus.source} '
       f'({"cut to " + str(n) + " steps" if settings.cut_reference else "whole"}); '
       f'noise floor (valid vs test): distance {_num(noise_floor["distance"])}')
@@ -363,25 +335,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_logger().addFilter(_quiet_orbax)
   f = flags.FLAGS
-  try:  # Checked before the heavy imports: a mistyped directory fails at once.
+  with errors.one_line_errors(interrupted='interrupted by Ctrl-C: no report written'):
     if len(argv) < 2:
       raise CompareError('give at least one RUN_DIR[:LABEL]')
     runs = [parse_run_arg(a) for a in argv[1:]]
-  except CompareError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  # pylint: disable-next=g-import-not-at-top
-  from bach_jax import checkpoints, config_base, generate
-  from bach_jax.data import corpora  # pylint: disable=g-import-not-at-top
-  user_errors = (CompareError, config_base.ConfigError, corpora.CorpusError,
-                 checkpoints.CheckpointError, generate.SampleError, FileNotFoundError)
-  try:
     settings = Settings(f.num_pieces, f.num_steps, f.temperature, f.seed, f.sample_batch,
                         f.voices, f.cut_reference, f.cache_dir)
     build_report(runs, f.out, settings)
-  except user_errors as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == '__main__':

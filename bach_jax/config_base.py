@@ -3,12 +3,17 @@
 Every config is an ml_collections.ConfigDict with sections `model`, `data`,
 `train` and `sample`. configs/<model>.py starts from `base_config()` and fills
 in `model`; `validate(config)` runs before anything is compiled and names the
-key of any bad value.
+key of any bad value. A run's config.json written before a key existed gets its
+default from `fill_defaults` (every section but `model`, whose keys the family
+fills: models.fill_model_defaults), so code reads every key directly, never
+with a fallback of its own. This module imports nothing above the data layer.
 """
 
-import os
-
 import ml_collections
+
+from bach_jax import voice_leading
+from bach_jax.data import download
+from bach_jax.errors import ConfigError  # pylint: disable=unused-import  (re-exported)
 
 
 def jsb_quarter() -> str:
@@ -19,12 +24,7 @@ def jsb_quarter() -> str:
   download jsb` puts it there (bach_jax/data/download.py). The repository's
   benchmarks set BACH_JAX_DATA=../shared/data/jsb.
   """
-  from bach_jax.data import download  # pylint: disable=g-import-not-at-top  (data layer)
   return download.jsb_path(download.QUARTER)
-
-
-class ConfigError(ValueError):
-  """A config value is invalid; the message names the key."""
 
 
 def base_config():
@@ -70,6 +70,8 @@ def base_config():
   train.num_final_samples = 4  # Pieces written to samples/ at the end (0 = none).
   train.halt_on_nan = True  # Stop at a non-finite training metric (False: warn and go on
   #   while the params stay finite).
+  train.eval_samples = 64  # A family without a likelihood: pieces sampled at each evaluation,
+  #   whose musical metrics are compared with the split's (its selection metric).
   train.init_from = ''  # WORKDIR or WORKDIR:STEP: start from that run's params (its best
   #   checkpoint, else latest; its average if it kept one) with a fresh optimizer, e.g. to
   #   fine-tune on data.source='midi_dir:PATH'. Shapes must match (bach_jax/finetune.py).
@@ -102,13 +104,43 @@ def base_config():
   return config
 
 
-def add_missing_defaults(config):
-  """Adds the sample options of base_config() that `config` lacks (a run's config.json
-  written before they existed), so --config.sample.KEY works on every run."""
-  for key, value in base_config().sample.items():
-    if key not in config.sample:
-      config.sample[key] = value
+def fill_defaults(config):
+  """Adds the keys of base_config() that `config` lacks (a run's config.json written
+  before they existed), in every section but `model`, so --config.KEY works on every
+  run and code reads every key directly. Returns config."""
+  base = base_config()
+  for key, value in base.items():
+    if key == 'model':
+      continue
+    if key not in config:
+      config[key] = value
+    elif hasattr(value, 'items'):
+      for k, v in value.items():
+        if k not in config[key]:
+          config[key][k] = v
   return config
+
+
+def test_training(config):
+  """The training block every ':test' variant shares (tiny, seconds on a CPU)."""
+  t = config.train
+  t.batch_size = t.eval_batch_size = 16
+  t.num_steps = 60
+  t.warmup_steps = 5
+  t.learning_rate = 1e-2
+  t.log_every = 10
+  t.eval_every = t.checkpoint_every = 30
+  t.num_final_samples = 2
+  config.sample.num_steps = 32
+  return config
+
+
+def check_variant(config_file, arg, variants):
+  """ValueError naming configs/<file> and its variants when `arg` is not '' nor one of
+  them (each config file declares VARIANTS, read by the tests and the docs' checks)."""
+  if arg and arg not in variants:
+    raise ValueError(f'configs/{config_file}: unknown variant {arg!r} '
+                     f'(known: {", ".join(variants)})')
 
 
 def _require(ok, key, message):
@@ -137,22 +169,21 @@ def validate(config, device_count=1):
            f'{t.eval_batch_size} must be a positive multiple of the device count ({device_count})')
   _require(t.num_steps >= 0, 'train.num_steps', 'must be >= 0')
   _require(t.learning_rate > 0, 'train.learning_rate', 'must be > 0')
-  _require(0 <= t.get('ema_decay', 0.0) < 1, 'train.ema_decay',
-           f'must be in [0, 1) (0 = off), got {t.get("ema_decay")!r}')
+  _require(0 <= t.ema_decay < 1, 'train.ema_decay',
+           f'must be in [0, 1) (0 = off), got {t.ema_decay!r}')
   _require(t.lr_schedule in ('cosine', 'constant'), 'train.lr_schedule',
            f"must be 'cosine' or 'constant', got {t.lr_schedule!r}")
   _require(t.log_every > 0, 'train.log_every', 'must be > 0')
   _require(t.checkpoint_every > 0, 'train.checkpoint_every', 'must be > 0')
   _require(t.keep_checkpoints >= 1, 'train.keep_checkpoints', 'must be >= 1')
-  _require(isinstance(t.get('init_from', ''), str), 'train.init_from',
-           f"must be '' or a workdir ('WORKDIR' or 'WORKDIR:STEP'), got {t.get('init_from')!r}")
+  _require(isinstance(t.init_from, str), 'train.init_from',
+           f"must be '' or a workdir ('WORKDIR' or 'WORKDIR:STEP'), got {t.init_from!r}")
   _require(t.eval_split in ('train', 'valid', 'test'), 'train.eval_split',
            'must be train, valid or test')
   _require(s.split in ('train', 'valid', 'test'), 'sample.split', 'must be train, valid or test')
   _require(s.temperature > 0, 'sample.temperature', 'must be > 0')
-  _require(s.get('latent_temperature', 1.0) > 0, 'sample.latent_temperature', 'must be > 0')
+  _require(s.latent_temperature > 0, 'sample.latent_temperature', 'must be > 0')
   _require(0 < s.top_p <= 1, 'sample.top_p', 'must be in (0, 1]')
   _require(s.top_k >= 0, 'sample.top_k', 'must be >= 0')
   _require(s.num_steps >= 1, 'sample.num_steps', 'must be >= 1')
-  from bach_jax.models import rules  # pylint: disable=g-import-not-at-top  (JAX)
-  rules.from_config(config)  # ConfigError naming sample.rules / sample.rule_penalty.
+  voice_leading.rules_from_config(config)  # ConfigError naming sample.rules / rule_penalty.

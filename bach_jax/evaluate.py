@@ -16,16 +16,16 @@ that chooses its best checkpoint.
 """
 
 import functools
-import json
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
 from bach_jax import metrics
 from bach_jax import parallel
+from bach_jax import pieces as pieces_lib
 from bach_jax.data import pipeline
+from bach_jax.models import family as family_lib
 from bach_jax.models.common import SampleRequest
 
 EVAL_SEED_OFFSET = 7919  # Evaluation's RNG stream: key(config.seed + this), one per batch.
@@ -72,12 +72,6 @@ def evaluate_pieces(eval_fn, family, config, params, pieces, mesh, num_voices=No
   return result
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_sample(family, config_json):
-  config = ml_collections.ConfigDict(json.loads(config_json))
-  return jax.jit(functools.partial(family.sample, config))
-
-
 def sample_distance(family, config, params, pieces):
   """The selection metric of a family without a likelihood.
 
@@ -86,16 +80,15 @@ def sample_distance(family, config, params, pieces):
   many frames: 'metric_distance' (set_compare.compare's mean absolute z-score of
   the musical metrics, lower is better), 'diversity_ratio' and 'collapsed'.
   """
-  from bach_jax import compare  # pylint: disable=g-import-not-at-top  (compare -> train)
-  n, steps = int(config.train.get('eval_samples', 64)), int(config.sample.num_steps)
+  n, steps = int(config.train.eval_samples), int(config.sample.num_steps)
   request = SampleRequest(num_pieces=n, num_steps=steps)
-  out = jax.device_get(_jitted_sample(family, config.to_json())(
+  out = jax.device_get(family_lib.jitted(family, 'sample', config)(
       params, jax.random.key(config.seed + EVAL_SEED_OFFSET + 1), request))
   spq = pieces[0].steps_per_quarter
   rolls = np.asarray(out['roll'], bool)
   mine = metrics.evaluate_set(rolls, np.full(n, rolls.shape[1]), spq)
-  mine.pop('voice_crossing', None)  # Voices guessed from frames never cross (compare.py).
-  cmp = metrics.compare(mine, compare.set_metrics(compare.cut_pieces(pieces, steps), spq))
+  mine.pop('voice_crossing', None)  # Voices guessed from frames never cross (set_metrics).
+  cmp = metrics.compare(mine, metrics.set_metrics(pieces_lib.cut_pieces(pieces, steps), spq))
   return {'metric_distance': cmp['distance'], 'diversity_ratio': cmp['diversity_ratio'],
           'collapsed': bool(cmp['collapsed'])}
 

@@ -11,51 +11,37 @@ Limits (docs/faults.md): a request whose output alone would not fit in the
 available memory is refused before it starts; one of LONG_SAMPLE_STEPS steps or
 more prints a line before (its size and an estimate from a short trial) and one
 after (its rate), since the family's one compiled loop reports nothing while it
-runs; the WAV of a piece longer than MAX_WAV_SECONDS is skipped with a one-line
-note (the .mid and .png hold the whole piece).
+runs; the WAV of a piece longer than pieces.MAX_WAV_SECONDS is skipped with a
+one-line note (the .mid and .png hold the whole piece).
 """
 
 import dataclasses
-import functools
-import json
-import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from bach_jax import checkpoints
-from bach_jax import config_base
-from bach_jax import models
-from bach_jax import plotting
+from bach_jax import evaluate
+from bach_jax import experiment
+from bach_jax import latent_ops
+from bach_jax import parallel
+from bach_jax import pieces as pieces_lib
+from bach_jax import voice_leading
 from bach_jax import workdir as workdir_lib
-from bach_jax.audio import write_wav
 from bach_jax.data import pianoroll
+from bach_jax.errors import SampleError
 from bach_jax.models import family as family_lib
-from bach_jax.models import rules as rules_lib
 from bach_jax.models.common import SampleRequest
 
-MAX_WAV_SECONDS = 600.0  # Longer pieces get no .wav (16-bit mono: 26 MB at this length).
 LONG_SAMPLE_STEPS = 4096  # Requests of this many steps or more announce themselves.
 TRIAL_STEPS = 256  # The short run that estimates a long request's duration.
 
 
-class SampleError(ValueError):
-  """A sampling option or input file is unusable; the message names it."""
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_sample(family, config_json):
-  """One jitted sampler per (family, config): the JSON string is the hashable cache key."""
-  config = ml_collections.ConfigDict(json.loads(config_json))
-  return jax.jit(functools.partial(family.sample, config))
-
-
 def _note(msg):
-  """A one-line note on stderr (stdout carries the command's result)."""
+  """A one-line note on stderr (stdout carries the command's result), from process 0."""
   if jax.process_index() == 0:
-    print(f'note: {msg}', file=sys.stderr, flush=True)
+    pieces_lib.note(msg)
 
 
 def _available_memory():
@@ -95,14 +81,14 @@ def sample(family, config, params, rng, request, num_voices=0):
   duration (from a TRIAL_STEPS-step run) before, and its rate after.
   """
   check_sample_size(request, num_voices)
-  fn = _jitted_sample(family, config.to_json())
+  fn = family_lib.jitted(family, 'sample', config)
   long = request.num_steps >= LONG_SAMPLE_STEPS
   if long:
     _announce(fn, config, params, rng, request, num_voices)
   t0 = time.perf_counter()
   out = jax.device_get(fn(params, rng, request))
   if 'rule_fallbacks' in out:
-    rules = rules_lib.from_config(config)  # A note per request: models/rules.py.
+    rules = voice_leading.rules_from_config(config)  # A note per request: models/rules.py.
     _note(f'rules {rules.describe()}: {int(np.sum(out["rule_fallbacks"]))} fallbacks (every '
           f'pitch broke a rule) in {request.num_pieces} x {request.num_steps} steps')
   if long:
@@ -134,37 +120,6 @@ def _announce(fn, config, params, rng, request, num_voices):
         '(longer if the model attends over the whole piece)')
 
 
-def load_primer(spec, steps_per_quarter, corpus=None, split='test', num_steps=0):
-  """A PianoRoll from 'PATH.mid', 'split:INDEX' (a piece of the corpus's `split`) or
-  'train:INDEX' / 'valid:INDEX' / 'test:INDEX' (a piece of that split)."""
-  head, _, tail = spec.partition(':')
-  if (head in ('train', 'valid', 'test') and tail.isdigit()
-      and not workdir_lib.as_path(spec).exists()):
-    spec, split = f'split:{tail}', head
-  if spec.startswith('split:'):
-    if corpus is None:
-      raise SampleError(f'sample.primer={spec!r} needs a corpus')
-    try:
-      piece = corpus.splits[split][int(spec.split(':', 1)[1])]
-    except (ValueError, IndexError):
-      raise SampleError(f'sample.primer={spec!r}: no such piece in the {split!r} split '
-                        f'({len(corpus.splits[split])} pieces)') from None
-  else:
-    if not workdir_lib.as_path(spec).exists():
-      raise SampleError(f'{spec}: MIDI file not found (a piece of the corpus: split:INDEX, '
-                        'or train:, valid:, test:INDEX)')
-    try:
-      piece = pianoroll.from_midi(spec, steps_per_quarter=steps_per_quarter)
-    except pianoroll.MidiError as e:
-      raise SampleError(f'{spec}: unusable primer: {e}') from None
-  if num_steps:
-    piece = pianoroll.PianoRoll(
-        roll=piece.roll[:num_steps],
-        voices=None if piece.voices is None else piece.voices[:num_steps],
-        steps_per_quarter=piece.steps_per_quarter, meta=dict(piece.meta))
-  return piece
-
-
 def make_request(config, num_pieces=None, num_steps=None, primer=None, melody=None,
                  num_voices=None):
   """SampleRequest from config.sample, with optional overrides.
@@ -176,7 +131,7 @@ def make_request(config, num_pieces=None, num_steps=None, primer=None, melody=No
   n = num_pieces or s.num_pieces
   kw = dict(num_pieces=n, num_steps=num_steps or s.num_steps, temperature=float(s.temperature),
             top_k=int(s.top_k), top_p=float(s.top_p),
-            latent_temperature=float(s.get('latent_temperature', 1.0)))
+            latent_temperature=float(s.latent_temperature))
   if primer is not None:
     kw['primer'] = np.repeat(primer.roll[None], n, axis=0)
     if num_voices:
@@ -192,73 +147,27 @@ def make_request(config, num_pieces=None, num_steps=None, primer=None, melody=No
   return SampleRequest(**kw)
 
 
-def to_pianorolls(out, steps_per_quarter, voice_names=None):
-  """Family sample output -> list of PianoRoll."""
-  voices = out.get('voices')
-  pieces = []
-  for i in range(out['roll'].shape[0]):
-    meta = {'file': f'sample_{i}', 'source': 'sample'}
-    if voice_names:
-      meta['voice_names'] = list(voice_names)
-    if 'rule_fallbacks' in out:  # Sampled under voice-leading rules (models/rules.py).
-      meta['rule_fallbacks'] = int(out['rule_fallbacks'][i])
-    pieces.append(pianoroll.PianoRoll(
-        roll=np.asarray(out['roll'][i], bool),
-        voices=None if voices is None else np.asarray(voices[i], np.int16),
-        steps_per_quarter=steps_per_quarter, meta=meta))
-  return pieces
-
-
-def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True):
-  """Writes PREFIX_i.mid, .png (and .wav up to MAX_WAV_SECONDS) per piece -> .mid paths.
-
-  outdir: str or epath.Path (gs:// works). WorkdirError when outdir is not a
-  writable folder; WriteError naming the file when a write fails (disk full).
-  """
-  outdir = workdir_lib.prepare(outdir, what='output folder')
-  paths, too_long = [], []
-  for i, piece in enumerate(pieces):
-    name = f'{prefix}_{i}'
-    t0 = time.perf_counter()
-    pm = pianoroll.to_midi(piece, qpm=qpm)
-    with workdir_lib.writing(outdir / f'{name}.mid') as path, path.open('wb') as f:
-      pm.write(f)
-    with workdir_lib.writing(outdir / f'{name}.png') as path:
-      plotting.plot_pianoroll(path, piece.roll, piece.voices, piece.steps_per_quarter,
-                              title=name, voice_names=piece.meta.get('voice_names'))
-    if wav and pm.get_end_time() > MAX_WAV_SECONDS:
-      too_long.append(name)
-    elif wav:
-      with workdir_lib.writing(outdir / f'{name}.wav') as path:
-        write_wav(path, pm)
-    paths.append(str(outdir / f'{name}.mid'))
-    if piece.roll.shape[0] >= LONG_SAMPLE_STEPS:  # pretty_midi writes ~3k steps/s.
-      _note(f'wrote {outdir / name}.* ({i + 1} of {len(pieces)}, '
-            f'{time.perf_counter() - t0:.0f} s)')
-  if too_long:
-    _note(f'no .wav for {", ".join(too_long)}: longer than {MAX_WAV_SECONDS:.0f} s of audio '
-          '(generate.MAX_WAV_SECONDS); the .mid and .png hold the whole piece')
-  return paths
-
-
 def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus=None,
                     prefix='sample'):
   """Samples with config.sample's options (primer / harmonize) and writes the files."""
   s = config.sample
   check_request_supported(family, primer=bool(s.primer), melody=bool(s.harmonize),
-                          rules=s.get('rules', ''))
+                          rules=s.rules)
   spq = corpus.steps_per_quarter if corpus is not None else config.data.steps_per_quarter
   num_voices = corpus.num_voices if corpus is not None else None
-  primer = (load_primer(s.primer, spq, corpus, s.split, s.primer_steps) if s.primer else None)
-  melody = None
-  if s.harmonize:
-    melody_piece = load_primer(s.harmonize, spq)
-    melody = soprano_line(melody_piece)
+  primer = (pieces_lib.load_piece(s.primer, spq, corpus, s.split, s.primer_steps)
+            if s.primer else None)
+  melody = pieces_lib.soprano_line(pieces_lib.load_piece(s.harmonize, spq)) if s.harmonize else None
   request = make_request(config, num_pieces=num_pieces, primer=primer, melody=melody,
                          num_voices=num_voices)
   out = sample(family, config, params, rng, request, num_voices)
-  pieces = to_pianorolls(out, spq, list(pianoroll.SATB) if num_voices == 4 else None)
-  return write_pieces(pieces, outdir, prefix, qpm=s.qpm, wav=s.write_wav)
+  pieces = pieces_lib.to_pianorolls(out, spq, voice_names(num_voices))
+  return pieces_lib.write_pieces(pieces, outdir, prefix, qpm=s.qpm, wav=s.write_wav)
+
+
+def voice_names(num_voices):
+  """S, A, T, B for a 4-voice model's pieces, else None."""
+  return list(pianoroll.SATB) if num_voices == 4 else None
 
 
 def check_request_supported(family, primer=False, melody=False, rules=''):
@@ -266,21 +175,11 @@ def check_request_supported(family, primer=False, melody=False, rules=''):
   harmonize a melody (CAPABILITIES.primer / melody); ConfigError naming
   config.sample.rules when it cannot apply voice-leading rules (CAPABILITIES.rules)."""
   family_lib.check_rules(family, rules)
-  caps, name = family.CAPABILITIES, family.__name__.rsplit('.', 1)[-1]
+  caps, name = family.CAPABILITIES, family_lib.name_of(family)
   if primer and not caps.primer:
     raise SampleError(f'config.sample.primer: the {name} family cannot continue a primer')
   if melody and not caps.melody:
     raise SampleError(f'config.sample.harmonize: the {name} family cannot harmonize a melody')
-
-
-def soprano_line(piece):
-  """int[T]: the top voice of a piece (its highest sounding pitch per frame, REST -1)."""
-  if piece.voices is not None:
-    return np.asarray(piece.voices[:, 0], np.int32)
-  top = np.full(piece.roll.shape[0], -1, np.int32)
-  steps, keys = np.nonzero(piece.roll)
-  np.maximum.at(top, steps, keys + pianoroll.LOWEST_PITCH)
-  return top
 
 
 class LoadedModel:
@@ -325,13 +224,13 @@ class LoadedModel:
     check_request_supported(self.family, primer=primer is not None, melody=melody is not None,
                             rules=config.sample.rules)
     if isinstance(primer, str):
-      primer = load_primer(primer, self.steps_per_quarter)
+      primer = pieces_lib.load_piece(primer, self.steps_per_quarter)
     if isinstance(melody, str):
-      melody = soprano_line(load_primer(melody, self.steps_per_quarter))
+      melody = pieces_lib.soprano_line(pieces_lib.load_piece(melody, self.steps_per_quarter))
     request = make_request(config, num_pieces, num_steps, primer, melody, self.num_voices)
     out = sample(self.family, config, self.params, jax.random.key(seed), request,
                  self.num_voices)
-    return to_pianorolls(out, self.steps_per_quarter, self._voice_names())
+    return pieces_lib.to_pianorolls(out, self.steps_per_quarter, voice_names(self.num_voices))
 
   def score(self, pieces, rules=None, rule_penalty=None):
     """Scores a list of whole pieces (PianoRoll) -> dict; the same pieces, same numbers.
@@ -345,7 +244,6 @@ class LoadedModel:
     penalty scores the rule-constrained model (exactly, for an exact family).
     SampleError when the model reads voices (a voice corpus) and a piece has none.
     """
-    from bach_jax import evaluate, parallel  # pylint: disable=g-import-not-at-top
     config = self._config_with_rules(rules, rule_penalty)
     family_lib.check_rules(self.family, config.sample.rules)
     mesh = parallel.make_mesh()
@@ -355,25 +253,23 @@ class LoadedModel:
 
   def _config_with_rules(self, rules=None, rule_penalty=None):
     """A copy of the config with sample.rules / rule_penalty set (None: kept), checked."""
-    config = config_base.add_missing_defaults(ml_collections.ConfigDict(self.config.to_dict()))
+    config = ml_collections.ConfigDict(self.config.to_dict())
     config.sample.rules = str(config.sample.rules if rules is None else rules)
     config.sample.rule_penalty = float(
         config.sample.rule_penalty if rule_penalty is None else rule_penalty)
-    rules_lib.from_config(config)  # ConfigError naming the key.
+    voice_leading.rules_from_config(config)  # ConfigError naming the key.
     return config
 
   def _voices_for(self, pieces):
     """The voice count to batch `pieces` with: the model's when every piece has those
     voices (a model that reads them gets them; others ignore them), else None.
-    SampleError when the model's config reads voices (a num_voices key > 0, in
-    config.model or a section of it) and the pieces lack them."""
+    SampleError when the family reads voices (CAPABILITIES.voices), the run's corpus
+    had them, and the pieces lack them."""
     have = bool(self.num_voices) and all(
         p.voices is not None and p.voices.shape[1] == self.num_voices for p in pieces)
     if have:
       return self.num_voices
-    sections = [self.config.model] + [v for v in self.config.model.values()
-                                      if hasattr(v, 'keys')]
-    if any(m.get('num_voices', 0) > 0 for m in sections):
+    if self.family.CAPABILITIES.voices and self.num_voices:
       raise SampleError(f'this model reads {self.num_voices} voices; the pieces '
                         f'({pieces[0].meta.get("file", "?")}, ...) do not all have them')
     return None
@@ -383,7 +279,6 @@ class LoadedModel:
   def encode(self, pieces):
     """-> list (one per piece) of its latents, a row per segment: the VAE's posterior
     means float32[segments, latent_dim], the VQ-VAE's codes int32[segments, patterns]."""
-    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     return latent_ops.encode_pieces(self.family, self.config, self.params, pieces,
                                     self._voices_for(pieces))
 
@@ -391,51 +286,37 @@ class LoadedModel:
     """Latents [N, segments, ...] (encode's, stacked) -> list of N PianoRoll, num_steps
     frames (None: every segment's). greedy: the most likely output; else sampled at
     temperature from seed."""
-    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     z = np.asarray(z)
     out = latent_ops.decode(self.family, self.config, self.params, z, num_steps, seed, greedy,
                             temperature)
-    return to_pianorolls(out, self.steps_per_quarter, self._voice_names())
+    return pieces_lib.to_pianorolls(out, self.steps_per_quarter, voice_names(self.num_voices))
 
   def reconstruct(self, pieces):
     """Encode, then decode greedily -> (list of PianoRoll, stats): key_accuracy,
     note_precision, note_recall, frame_accuracy over all frames; frames, pieces."""
-    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     return latent_ops.reconstruct(self.family, self.config, self.params, pieces,
-                                  self._voices_for(pieces), self._voice_names())
+                                  self._voices_for(pieces), voice_names(self.num_voices))
 
   def interpolate(self, piece_a, piece_b, num_points=5):
     """-> num_points PianoRoll decoded (greedily) along the path from piece_a's latents
     to piece_b's (the VAE: slerp of posterior means; the VQ-VAE: codes swapped in);
     the ends are the two reconstructions. Pieces: PianoRoll or MIDI paths, both cut
     to the shorter one."""
-    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
-    a, b = (load_primer(p, self.steps_per_quarter) if isinstance(p, str) else p
+    a, b = (pieces_lib.load_piece(p, self.steps_per_quarter) if isinstance(p, str) else p
             for p in (piece_a, piece_b))
     return latent_ops.interpolate(self.family, self.config, self.params, a, b, num_points,
-                                  self._voices_for([a, b]), self._voice_names())
-
-  def _voice_names(self):
-    return list(pianoroll.SATB) if self.num_voices == 4 else None
+                                  self._voices_for([a, b]), voice_names(self.num_voices))
 
   def write(self, pieces, outdir, prefix='sample', wav=True):
     """PREFIX_i.mid (an instrument per voice), .png and .wav (wav=False, or a piece over
-    MAX_WAV_SECONDS: none) per piece into outdir (created; gs:// works) at
+    pieces.MAX_WAV_SECONDS: none) per piece into outdir (created; gs:// works) at
     config.sample.qpm -> list of the .mid paths."""
-    return write_pieces(pieces, outdir, prefix, qpm=self.config.sample.qpm, wav=wav)
+    return pieces_lib.write_pieces(pieces, outdir, prefix, qpm=self.config.sample.qpm, wav=wav)
 
 
 def load_model(workdir, step=None, best=True, warn=None):
   """bach_jax.load_model (documented there), plus best=False: the latest checkpoint
   even where a best one exists; warn: a callable that gets each warning line
   (default: stderr)."""
-  config = ml_collections.ConfigDict(checkpoints.read_config_dict(workdir))
-  family = models.get_family(config.model.name)
-  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints, read_only=True)
-  try:
-    kw = {} if warn is None else {'warn': warn}
-    state, meta, step, _ = ckpt.load_for_inference(step, prefer_best=best, **kw)
-  finally:
-    ckpt.close()
-  params = state.get('ema_params') or state['params']  # The average, where the run kept one.
-  return LoadedModel(config, family, params, step, meta)
+  run = experiment.restore_run(workdir, step, best=best, warn=warn)
+  return LoadedModel(run.config, run.family, run.state.eval_params(), run.step, run.meta)

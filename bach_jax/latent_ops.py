@@ -6,40 +6,30 @@ family alike. Decoding for reconstruction is greedy (request.top_k = 1): the
 most likely output given z, so a reconstruction is a function of z alone.
 """
 
-import functools
-import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 
+from bach_jax import pieces as pieces_lib
 from bach_jax import plotting
 from bach_jax.data import pianoroll
 from bach_jax.data import pipeline
+from bach_jax.errors import LatentError
+from bach_jax.models import family as family_lib
 from bach_jax.models.common import SampleRequest
-
-
-class LatentError(ValueError):
-  """The family has no latent space, or a latent request is unusable."""
 
 
 def require_latent(family):
   if not family.CAPABILITIES.latent:
-    name = family.__name__.rsplit('.', 1)[-1]
-    raise LatentError(f'the {name} family has no latent space (no encode / decode)')
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted(family, fn_name, config_json):
-  config = ml_collections.ConfigDict(json.loads(config_json))
-  return jax.jit(functools.partial(getattr(family, fn_name), config))
+    raise LatentError(f'the {family_lib.name_of(family)} family has no latent space '
+                      '(no encode / decode)')
 
 
 def encode_pieces(family, config, params, pieces, num_voices=None, batch_size=16):
   """-> list (one per piece) of z [n_i, ...]: the latent of each of its segments."""
   require_latent(family)
-  fn = _jitted(family, 'encode', config.to_json())
+  fn = family_lib.jitted(family, 'encode', config)
   out = []
   for batch in pipeline.piece_batches(pieces, batch_size=batch_size,
                                       pad_start=config.data.pad_start, num_voices=num_voices):
@@ -55,20 +45,10 @@ def decode(family, config, params, z, num_steps=None, seed=0, greedy=True, tempe
   require_latent(family)
   request = SampleRequest(num_pieces=int(z.shape[0]), num_steps=int(num_steps or 1),
                           temperature=float(temperature), top_k=1 if greedy else 0)
-  fn = _jitted(family, 'decode', config.to_json())
+  fn = family_lib.jitted(family, 'decode', config)
   out = jax.device_get(fn(params, np.asarray(z), jax.random.key(seed), request))
   return {k: np.asarray(v)[:, :num_steps] if num_steps else np.asarray(v)
           for k, v in out.items()}
-
-
-def _pieces(out, steps_per_quarter, lengths, names=None):
-  voices = out.get('voices')
-  return [pianoroll.PianoRoll(
-      roll=np.asarray(out['roll'][i][:n], bool),
-      voices=None if voices is None else np.asarray(voices[i][:n], np.int16),
-      steps_per_quarter=steps_per_quarter,
-      meta={'file': f'decoded_{i}', 'source': 'decoded', 'voice_names': names})
-          for i, n in enumerate(lengths)]
 
 
 def reconstruct(family, config, params, pieces, num_voices=None, voice_names=None):
@@ -85,7 +65,7 @@ def reconstruct(family, config, params, pieces, num_voices=None, voice_names=Non
   lengths = [p.roll.shape[0] for p in pieces]
   out = decode(family, config, params, padded, max(lengths))
   spq = pieces[0].steps_per_quarter
-  recon = _pieces(out, spq, lengths, voice_names)
+  recon = pieces_lib.to_pianorolls(out, spq, voice_names, lengths, name='decoded')
   orig = np.concatenate([p.roll for p in pieces]).astype(bool)
   made = np.concatenate([r.roll for r in recon]).astype(bool)
   hits = np.sum(orig & made)
@@ -111,21 +91,8 @@ def interpolate(family, config, params, piece_a, piece_b, num_points=5, num_voic
   path = family.interpolate_latents(config, za[:n], zb[:n], num_points)
   steps = min(piece_a.roll.shape[0], piece_b.roll.shape[0])
   out = decode(family, config, params, path, steps)
-  return _pieces(out, piece_a.steps_per_quarter, [steps] * num_points, voice_names)
-
-
-def concatenate(pieces, gap_steps=0):
-  """Pieces end to end (with gap_steps silent frames between) -> one PianoRoll."""
-  parts, vparts = [], []
-  with_voices = all(p.voices is not None for p in pieces)
-  for i, p in enumerate(pieces):
-    gap = gap_steps if i else 0
-    parts.append(np.concatenate([np.zeros((gap, pianoroll.NUM_KEYS), bool), p.roll]))
-    if with_voices:
-      rest = np.full((gap, p.voices.shape[1]), pianoroll.REST, np.int16)
-      vparts.append(np.concatenate([rest, p.voices]))
-  return pianoroll.PianoRoll(np.concatenate(parts), np.concatenate(vparts) if with_voices
-                             else None, pieces[0].steps_per_quarter, dict(pieces[0].meta))
+  return pieces_lib.to_pianorolls(out, piece_a.steps_per_quarter, voice_names,
+                                  [steps] * num_points, name='decoded')
 
 
 def reconstruct_to_files(model, corpus, outdir):
@@ -159,19 +126,18 @@ def interpolate_to_files(model, corpus, outdir):
   """--mode=interpolate: sample.interpolate = 'A,B' (MIDI paths or split:INDEX) ->
   interpolation.mid (the points in sequence, a bar of rest between) and
   interpolation.png (one row per point)."""
-  from bach_jax import generate  # pylint: disable=g-import-not-at-top  (generate imports us)
   config = model.config
   specs = [x for x in config.sample.interpolate.split(',') if x]
   if len(specs) != 2:
     raise LatentError(f'config.sample.interpolate={config.sample.interpolate!r}: expected '
                       "'A,B' (two MIDI paths or split:INDEX)")
-  a, b = (generate.load_primer(x, model.steps_per_quarter, corpus, config.sample.split)
+  a, b = (pieces_lib.load_piece(x, model.steps_per_quarter, corpus, config.sample.split)
           for x in specs)
   points = model.interpolate(a, b, config.sample.interpolation_points)
   os.makedirs(outdir, exist_ok=True)
   base = os.path.join(outdir, 'interpolation')
   spq = model.steps_per_quarter
-  pianoroll.to_midi(concatenate(points, gap_steps=4 * spq), base + '.mid',
+  pianoroll.to_midi(pieces_lib.concatenate(points, gap_steps=4 * spq), base + '.mid',
                     qpm=config.sample.qpm)
   n = len(points)
   titles = [f'{specs[0]} (reconstruction)'] + [f'{k / (n - 1):.2f}' for k in range(1, n - 1)]

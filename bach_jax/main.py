@@ -31,6 +31,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from bach_jax import errors
+from bach_jax.errors import EXIT_INTERRUPTED  # pylint: disable=unused-import  (documented)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory of the run: checkpoints, metrics, samples.')
 flags.DEFINE_enum('mode', 'train',
@@ -41,17 +44,7 @@ flags.DEFINE_string('outdir', None, 'Where sample / reconstruct / interpolate wr
                     '(default: WORKDIR/samples); another folder leaves the workdir '
                     'untouched (read-only, or locked by a training run).')
 
-EXIT_USER_ERROR = 2
-EXIT_NONFINITE = 3
-EXIT_LOCKED = 73  # EX_CANTCREAT: another live process holds the workdir.
-EXIT_WRITE_FAILED = 74  # EX_IOERR: disk full or another write error.
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: interrupted after a checkpoint; run again to resume.
-EXIT_FORCED = 130  # A second Ctrl-C: stopped without saving.
-
-
-def _fail(message, code=EXIT_USER_ERROR):
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(code)
+_fail = errors.fail
 
 
 def _flag_value(argv, name):
@@ -96,9 +89,12 @@ def define_config_flag(argv):
   if not isinstance(config, dict):
     _fail(f'{path}: not a JSON object')
   config = ml_collections.ConfigDict(config)
-  if 'sample' in config:  # A run from before a sample option existed gets its default.
-    from bach_jax import config_base  # pylint: disable=g-import-not-at-top  (no JAX)
-    config_base.add_missing_defaults(config)
+  if 'model' in config and 'name' in config.model:  # A run from before a key existed.
+    from bach_jax import experiment  # pylint: disable=g-import-not-at-top
+    try:
+      experiment.fill_defaults(config)
+    except errors.UserError as e:
+      _fail(f'{path}: {e}')
   try:  # Parses the --config.KEY overrides of argv already.
     config_flags.DEFINE_config_dict(
         'config', config, f'Defaults to {path}; override keys with --config.KEY=VALUE.',
@@ -208,40 +204,21 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_logger().addFilter(_quiet_orbax)
     std_logging.getLogger('asyncio').addFilter(_quiet_orbax)
-  from bach_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.maybe_initialize_distributed()
-  from bach_jax import checkpoints, config_base, generate, latent_ops, train  # pylint: disable=g-import-not-at-top
-  from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from bach_jax.data import corpora, pianoroll  # pylint: disable=g-import-not-at-top
-  user_errors = (config_base.ConfigError, corpora.CorpusError, checkpoints.CheckpointError,
-                 generate.SampleError, latent_ops.LatentError, pianoroll.MidiError,
-                 workdir_lib.WorkdirError, FileNotFoundError)
-  try:
+  with errors.one_line_errors():
+    from bach_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.maybe_initialize_distributed()
     code = _run(FLAGS.mode)
-  except workdir_lib.WorkdirLocked as e:
-    _fail(e, EXIT_LOCKED)
-  except user_errors as e:
-    _fail(e)
-  except train.NonFiniteLossError as e:
-    _fail(e, EXIT_NONFINITE)
-  except workdir_lib.WriteError as e:
-    _fail(e, EXIT_WRITE_FAILED)
-  except OSError as e:  # Any other failed read or write: the file and the reason.
-    _fail(f'{e.filename or "?"}: {workdir_lib.describe_os_error(e)}', EXIT_WRITE_FAILED)
-  except KeyboardInterrupt:
-    _fail('interrupted by Ctrl-C: stopped at once, without saving (checkpoints already '
-          'written stand; run the same command again to resume)', EXIT_FORCED)
   sys.exit(code)
 
 
 def _run(mode):
   """Runs a mode -> exit code (0, or EXIT_INTERRUPTED)."""
-  from bach_jax import metric_writers, train  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from bach_jax import experiment, metric_writers, train
   if mode == 'prepare':
     if FLAGS.config is None:
       raise app.UsageError('--mode=prepare needs --config')
-    family, corpus, _ = train.setup(FLAGS.config)
-    print(corpus.summary())
+    print(experiment.setup(FLAGS.config).corpus.summary())
     return 0
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
@@ -266,9 +243,9 @@ def _output_folder(mode, workdir):
     checkpoints.read_config_dict(workdir)  # Is it a workdir at all? (else: one line)
     try:
       workdir_lib.prepare(workdir)
-    except workdir_lib.WorkdirError as e:
-      raise workdir_lib.WorkdirError(f'{e}; --mode={mode} writes into {outdir}: give '
-                                     '--outdir=DIR to write elsewhere') from None
+    except errors.WorkdirError as e:
+      raise errors.WorkdirError(f'{e}; --mode={mode} writes into {outdir}: give '
+                                '--outdir=DIR to write elsewhere') from None
   return outdir, inside
 
 
@@ -285,8 +262,8 @@ def _sample_or_evaluate(mode):
   lock = workdir_lib.lock(workdir, mode, enabled=inside and jax.process_index() == 0)
   try:
     lock.__enter__()
-  except workdir_lib.WorkdirLocked as e:
-    raise workdir_lib.WorkdirLocked(f'{e}; or give --outdir=DIR to write elsewhere') from None
+  except errors.WorkdirLocked as e:
+    raise errors.WorkdirLocked(f'{e}; or give --outdir=DIR to write elsewhere') from None
   try:
     _load_and_run(mode, workdir, outdir)
   finally:
@@ -295,39 +272,38 @@ def _sample_or_evaluate(mode):
 
 def _load_and_run(mode, workdir, outdir):
   import jax  # pylint: disable=g-import-not-at-top
-  from bach_jax import evaluate, generate, metric_writers, train  # pylint: disable=g-import-not-at-top
-  config = FLAGS.config
+  # pylint: disable-next=g-import-not-at-top
+  from bach_jax import compare, evaluate, experiment, generate, latent_ops, metric_writers
+  from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   model = generate.load_model(workdir, step=FLAGS.step)
-  if config is None:
-    config = model.config
+  config = FLAGS.config if FLAGS.config is not None else model.config
   model.config = config
-  family, corpus, mesh = train.setup(config)
-  if family.CAPABILITIES.voices and corpus.num_voices != model.num_voices:
-    raise generate.SampleError(
-        f'config.data.source={config.data.source!r} has {corpus.num_voices} voices; '
+  exp = experiment.setup(config)
+  if exp.family.CAPABILITIES.voices and exp.num_voices != model.num_voices:
+    raise errors.SampleError(
+        f'config.data.source={config.data.source!r} has {exp.num_voices} voices; '
         f'the model was trained with {model.num_voices}')
   if mode == 'evaluate':
     split = config.sample.split
-    fn = evaluate.make_eval_fn(family, config, mesh)
-    result = evaluate.evaluate_pieces(fn, family, config, model.params, corpus.splits[split],
-                                      mesh, corpus.num_voices)
+    fn = evaluate.make_eval_fn(exp.family, config, exp.mesh)
+    result = evaluate.evaluate_pieces(fn, exp.family, config, model.params,
+                                      exp.corpus.splits[split], exp.mesh, exp.num_voices)
     result.update(split=split, step=model.step, source=config.data.source)
-    from bach_jax import compare  # pylint: disable=g-import-not-at-top
     # The samples' musical metrics against held-out Bach (progress lines on stderr).
-    result['sample_metrics'] = compare.sample_metric_summary(model, corpus, seed=config.seed)
+    result['sample_metrics'] = compare.sample_metric_summary(model, exp.corpus,
+                                                             seed=config.seed)
     print(json.dumps(metric_writers.json_safe(result), allow_nan=False))
     return
-  from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir_lib.prepare(outdir, what='output folder')
   if mode in ('reconstruct', 'interpolate'):
-    from bach_jax import latent_ops  # pylint: disable=g-import-not-at-top
     run = (latent_ops.reconstruct_to_files if mode == 'reconstruct'
            else latent_ops.interpolate_to_files)
-    print(json.dumps(metric_writers.json_safe(run(model, corpus, str(outdir))), allow_nan=False))
+    print(json.dumps(metric_writers.json_safe(run(model, exp.corpus, str(outdir))),
+                     allow_nan=False))
     return
-  paths = generate.sample_to_files(family, config, model.params,
-                                   jax.random.key(config.seed + 12345), outdir, corpus=corpus,
-                                   prefix=f'step{model.step}')
+  paths = generate.sample_to_files(exp.family, config, model.params,
+                                   jax.random.key(config.seed + 12345), outdir,
+                                   corpus=exp.corpus, prefix=f'step{model.step}')
   print('\n'.join(paths))
 
 

@@ -329,3 +329,23 @@ def evaluate_set(rolls, lengths, steps_per_quarter: int, voices=None) -> dict:
     voices = voices_from_roll(rolls)
   metrics.update(voice_leading(voices, lengths))
   return metrics
+
+
+VOICE_MODES = ('roll', 'own')  # Voices of a set: guessed from 4-note frames, or its own.
+
+
+def set_metrics(pieces, steps_per_quarter, voices='roll'):
+  """evaluate_set of PianoRolls -> name -> float[N] (histogram float[N, 12]).
+
+  voices: 'roll' guesses the 4 voices from the 4-note frames; 'own' uses the
+  pieces' voices when every piece has 4 (else guesses them too). Guessed voices
+  are in pitch order, so they never cross: 'voice_crossing' is left out then.
+  """
+  if voices not in VOICE_MODES:
+    raise ValueError(f'voices must be one of {VOICE_MODES}, got {voices!r}')
+  rolls, lengths, own = pad_pieces(pieces)
+  use = own if voices == 'own' and own is not None and own.shape[2] == 4 else None
+  values = evaluate_set(rolls, lengths, steps_per_quarter, use)
+  if use is None:
+    del values['voice_crossing']
+  return values

@@ -33,11 +33,11 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from bach_jax.errors import DistributedError
+
 EXPLICIT_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 
-class DistributedError(ValueError):
-  """The multi-process environment is incomplete or malformed; the message names the variable."""
 
 
 def _env_int(env, name, low, high=None):

@@ -8,7 +8,11 @@ SIGTERM / Ctrl-C saves and stops (main.py then exits with EXIT_INTERRUPTED, 75).
 The workdir is locked for the run (workdir.Lock); a damaged newest checkpoint is
 moved to WORKDIR/damaged/ and the newest intact one resumed; metrics rows after
 it are superseded. What a crash at any moment leaves behind: docs/faults.md.
-train.py knows no model by name: the family comes from the registry.
+train.py knows no model by name: the family comes from experiment.setup.
+
+The loop (`_Run`) is a step and three kinds of periodic work after it, each due
+by a `Periodic` (every N steps, and at the last step): write the pending step
+metrics (with the progress line), evaluate, save. Only main.py imports this module.
 """
 
 import functools
@@ -20,20 +24,18 @@ import jax
 import numpy as np
 
 from bach_jax import checkpoints
-from bach_jax import config_base
 from bach_jax import evaluate
+from bach_jax import experiment
+from bach_jax import finetune
+from bach_jax import generate
 from bach_jax import metric_writers
-from bach_jax import models
 from bach_jax import parallel
 from bach_jax import plotting
 from bach_jax import workdir as workdir_lib
-from bach_jax.data import corpora
 from bach_jax.data import pipeline
-from bach_jax.models import family as family_lib
+from bach_jax.errors import ConfigError, NonFiniteLossError  # pylint: disable=unused-import
 
-
-class NonFiniteLossError(RuntimeError):
-  """The training loss became NaN or infinite; the message gives the step."""
+FINAL_SAMPLES_SEED = 1 << 30  # The end-of-run samples: fold_in(key(config.seed), this).
 
 
 class _StopRequest:
@@ -67,35 +69,17 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def setup(config, workdir=None):
-  """Validates the config and loads what any mode needs: (family, corpus, mesh)."""
-  config_base.validate(config, jax.device_count())
-  family = models.get_family(config.model.name)
-  if config.train.get('init_from') and config.train.get('init_from_into'):
-    from bach_jax import finetune  # pylint: disable=g-import-not-at-top
-    finetune.resolve_config(config)  # The base run's model config, for the family.
-  family.validate(config)
-  family_lib.check_rules(family, config.sample.get('rules', ''))
-  corpus = corpora.load_corpus(config.data, progress=jax.process_index() == 0)
-  family.check_corpus(config, corpus)
-  return family, corpus, parallel.make_mesh()
+class Periodic:
+  """Whether periodic work is due after a step: every `every` steps (0: never) and at
+  `last`. Our own, not clu's periodic_actions: clu 0.0.12 imports TensorFlow with its
+  metric writers, and its first call never triggers (a resumed run whose first step
+  is the last would skip its final evaluation)."""
 
+  def __init__(self, every, last):
+    self.every, self.last = every, last
 
-def example_batch(config, num_voices):
-  """A one-row batch with the training shapes, for init / eval_shape."""
-  w = config.data.window_steps
-  batch = {'roll': np.zeros((1, w, 88), bool), 'mask': np.ones((1,), bool)}
-  if num_voices:
-    batch['voices'] = np.full((1, w, num_voices), -1, np.int32)
-  return batch
-
-
-def abstract_state(family, config, mesh, num_voices):
-  """Shapes, dtypes and (replicated) shardings of the TrainState, for restoring."""
-  shapes = jax.eval_shape(functools.partial(family.init, config),
-                          jax.random.key(0), example_batch(config, num_voices))
-  repl = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+  def __call__(self, step):
+    return bool(self.every) and step % self.every == 0 or step == self.last
 
 
 def make_train_step(family, config, mesh):
@@ -151,6 +135,24 @@ def _close_all(raise_errors, *closers):
     raise first
 
 
+def _batch_iterator(exp):
+  """The training windows of this process's rows of each global batch."""
+  config, t = exp.config, exp.config.train
+  d = config.data
+  it = pipeline.BatchIterator(
+      exp.corpus.splits['train'], batch_size=t.batch_size, window_steps=d.window_steps,
+      hop_steps=d.hop_steps, seed=config.seed, shuffle=True,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      remainder='drop', pad_start=d.pad_start, augment_transpose=d.augment_transpose,
+      num_voices=exp.num_voices, pad_short=d.pad_short)
+  if it.batches_per_epoch == 0:
+    raise ConfigError(
+        f'config.train.batch_size: {t.batch_size} windows of {d.window_steps} steps '
+        f'is more than one epoch of the training split ({len(exp.corpus.splits["train"])} '
+        'pieces)')
+  return it
+
+
 def train_and_evaluate(config, workdir):
   """Trains config.model on config.data, writing everything into workdir.
 
@@ -159,192 +161,226 @@ def train_and_evaluate(config, workdir):
   metric is a bound, e.g. best_test_iwae_frame_nll); after SIGTERM / Ctrl-C
   {'interrupted_at': step}, with a checkpoint of that step saved.
 
-  Raises (one line each, naming the path or key): workdir.WorkdirError (a file,
-  read-only), workdir.WorkdirLocked (another run holds it), workdir.WriteError
-  (disk full), checkpoints.CheckpointError, config_base.ConfigError,
-  NonFiniteLossError.
+  Raises (one line each, naming the path or key; all errors.UserError):
+  WorkdirError (a file, read-only), WorkdirLocked (another run holds it),
+  WriteError (disk full), CheckpointError, ConfigError, NonFiniteLossError.
   """
   lead = jax.process_index() == 0  # Every process of one run shares the workdir.
   workdir = workdir_lib.prepare(workdir) if lead else workdir_lib.as_path(workdir)
   warn = lambda msg: metric_writers.log(f'warning: {msg}')
   with _StopRequest() as stop, workdir_lib.lock(workdir, 'train', enabled=lead, warn=warn):
-    return _train(config, workdir, stop, warn)
+    return _Run(config, workdir, stop, warn).run()
 
 
-def _train(config, workdir, stop, warn):
-  """train_and_evaluate in a locked workdir, with SIGTERM / SIGINT caught by `stop`."""
-  family, corpus, mesh = setup(config, workdir)
-  log = metric_writers.log
-  num_voices = corpus.num_voices
-  t = config.train
-  checkpoints.write_config(workdir, config)
+class _Run:
+  """One training run in a locked workdir, SIGTERM / SIGINT caught by `stop`."""
 
-  train_iter = pipeline.BatchIterator(
-      corpus.splits['train'], batch_size=t.batch_size, window_steps=config.data.window_steps,
-      hop_steps=config.data.hop_steps, seed=config.seed, shuffle=True,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      remainder='drop', pad_start=config.data.pad_start,
-      augment_transpose=config.data.augment_transpose, num_voices=num_voices,
-      pad_short=config.data.get('pad_short', False))
-  if train_iter.batches_per_epoch == 0:
-    raise config_base.ConfigError(
-        f'config.train.batch_size: {t.batch_size} windows of {config.data.window_steps} steps '
-        f'is more than one epoch of the training split ({len(corpus.splits["train"])} pieces)')
+  def __init__(self, config, workdir, stop, warn):
+    self.exp = experiment.setup(config)
+    self.config, self.workdir, self.stop, self.warn = config, workdir, stop, warn
+    self.log = metric_writers.log
+    self.select_by = self.exp.family.CAPABILITIES.select_by
+    checkpoints.write_config(workdir, config)
+    self.train_iter = _batch_iterator(self.exp)
+    self.root = jax.random.key(config.seed)
+    self.init_rng, self.train_rng = jax.random.split(self.root)
+    self.ckpt = self.writer = None
+    self.pending = []  # (step, metrics on device) not yet written.
+    self.saved = None  # The step of the latest checkpoint written (or resumed from).
+    self.last_score = None  # The last evaluation's selection metric.
 
-  repl = parallel.replicated(mesh)
-  root = jax.random.key(config.seed)
-  init_rng, train_rng = jax.random.split(root)
-  ckpt = checkpoints.Checkpointer(workdir, keep=t.keep_checkpoints)
-  writer = None
-  try:
-    abstract = abstract_state(family, config, mesh, num_voices)
-    restored = ckpt.restore_intact(abstract, warn=warn, quarantine=True)
-    if restored is not None:
-      state, data_state, _, saved = restored
-      try:
-        train_iter.set_state(data_state)
-      except ValueError as e:  # The data or the batch size changed since the checkpoint.
-        raise config_base.ConfigError(
-            f'{ckpt.path(saved)}: cannot resume with this config: {e} (use the run\'s '
-            'config.data / config.train.batch_size, or a new workdir)') from None
-      log(f'resumed from {ckpt.path(saved)}')
-    else:
-      saved = None
-      state = jax.jit(functools.partial(family.init, config), out_shardings=repl)(
-          init_rng, example_batch(config, num_voices))
-      if t.get('init_from'):  # Fine-tuning: another run's params, a fresh optimizer.
-        from bach_jax import finetune  # pylint: disable=g-import-not-at-top
-        state = finetune.init_from(t.init_from, state, mesh, log=log,
-                                    into=t.get('init_from_into', ''))
-    ckpt.check_best(abstract, warn=warn)
-    superseded = metric_writers.drop_rows_after(workdir, saved or 0)
+  def run(self):
+    try:
+      self._start()
+      return self._loop() or self._finish()
+    finally:  # Cleanup errors are raised only when no error is on its way out already.
+      closers = [self.writer.close] if self.writer else []
+      closers += [self.ckpt.wait, self.ckpt.close] if self.ckpt else []
+      _close_all(sys.exc_info()[1] is None, *closers)
+
+  def _start(self):
+    """Resumes or initializes the state, then compiles the step and opens the writer."""
+    self.ckpt = checkpoints.Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints,
+                                         warn=self.warn)
+    self.abstract = experiment.abstract_state(self.exp.family, self.config,
+                                              self.exp.num_voices,
+                                              parallel.replicated(self.exp.mesh))
+    self.state = self._restore_or_init()
+    self.ckpt.restore_first([self.ckpt.path(s, True) for s in self.ckpt.steps(True)][::-1],
+                            self.abstract, self.warn, quarantine=True)
+    superseded = metric_writers.drop_rows_after(self.workdir, self.saved or 0)
     if superseded:
-      log(f'moved {superseded} rows of metrics.jsonl after step {saved or 0} (steps run '
-          f'again now) to {metric_writers.SUPERSEDED}')
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    log(f'{config.model.name}: {n_params:,} parameters; {jax.device_count()} devices '
-        f'({jax.process_count()} processes); train {len(corpus.splits["train"])} pieces, '
-        f'{train_iter.batches_per_epoch} batches/epoch')
+      self.log(f'moved {superseded} rows of metrics.jsonl after step {self.saved or 0} (steps '
+               f'run again now) to {metric_writers.SUPERSEDED}')
+    exp = self.exp
+    n_params = sum(x.size for x in jax.tree.leaves(self.state.params))
+    self.log(f'{self.config.model.name}: {n_params:,} parameters; {jax.device_count()} '
+             f'devices ({jax.process_count()} processes); train '
+             f'{len(exp.corpus.splits["train"])} pieces, '
+             f'{self.train_iter.batches_per_epoch} batches/epoch')
+    self.train_step = make_train_step(exp.family, self.config, exp.mesh)
+    self.eval_fn = evaluate.make_eval_fn(exp.family, self.config, exp.mesh)
+    self.writer = metric_writers.MetricWriter(self.workdir, purge_step=(self.saved or 0) + 1)
+    self.step = int(jax.device_get(self.state.step))
+    self.progress = metric_writers.Progress(self.step, self.config.train.num_steps)
 
-    train_step = make_train_step(family, config, mesh)
-    eval_fn = evaluate.make_eval_fn(family, config, mesh)
-    select_by = family.CAPABILITIES.select_by
-    halt = t.get('halt_on_nan', True)
+  def _restore_or_init(self):
+    """The newest intact checkpoint (damaged newer ones moved to damaged/), with the
+    data iterator at its position; else a fresh state (or train.init_from's params)."""
+    paths = [self.ckpt.path(s) for s in self.ckpt.steps()][::-1]
+    found = self.ckpt.restore_first(paths, self.abstract, self.warn, quarantine=True)
+    if found is None and paths:
+      raise checkpoints.CheckpointError(f'{self.workdir / "checkpoints"}: no checkpoint '
+                                        'restores (damaged ones named above)')
+    if found is not None:
+      state, data_state, _, path = found
+      try:
+        self.train_iter.set_state(data_state)
+      except ValueError as e:  # The data or the batch size changed since the checkpoint.
+        raise ConfigError(
+            f'{path}: cannot resume with this config: {e} (use the run\'s config.data / '
+            'config.train.batch_size, or a new workdir)') from None
+      self.saved = int(path.name)
+      self.log(f'resumed from {path}')
+      return state
+    t, exp = self.config.train, self.exp
+    state = jax.jit(functools.partial(exp.family.init, self.config),
+                    out_shardings=parallel.replicated(exp.mesh))(
+                        self.init_rng, experiment.example_batch(self.config, exp.num_voices))
+    if t.init_from:  # Fine-tuning: another run's params, a fresh optimizer.
+      state = finetune.init_from(t.init_from, state, exp.mesh, log=self.log,
+                                 into=t.init_from_into)
+    return state
 
-    def run_eval(params, split):
-      return evaluate.evaluate_pieces(eval_fn, family, config, params, corpus.splits[split],
-                                      mesh, num_voices)
+  def _loop(self):
+    """Steps until train.num_steps -> None, or {'interrupted_at': step} after a stop."""
+    t = self.config.train
+    write_due, eval_due = Periodic(t.log_every, t.num_steps), Periodic(t.eval_every, t.num_steps)
+    save_due = Periodic(t.checkpoint_every, t.num_steps)
+    while self.step < t.num_steps:
+      if self.stop.requested or (jax.process_count() > 1
+                                 and self.ckpt.latest.reached_preemption(self.step)):
+        return self._interrupted()
+      batch = parallel.to_global(next(self.train_iter), self.exp.mesh)
+      self.state, metrics = self.train_step(self.state, batch, self.train_rng)
+      self.step += 1
+      self.pending.append((self.step, metrics))
+      if write_due(self.step):
+        self._flush()
+      score = self._evaluate() if eval_due(self.step) else None
+      if save_due(self.step) or score is not None:
+        self._flush()
+        self._save(score if t.eval_split == 'valid' else None)
+    self.ckpt.wait()
+    if self.stop.requested:  # The last checkpoint is saved; a re-run does what follows.
+      return self._interrupted()
+    return None
 
-    writer = metric_writers.MetricWriter(workdir, purge_step=(saved or 0) + 1)
-    step = int(jax.device_get(state.step))
-    progress = metric_writers.Progress(step, t.num_steps)
-    pending = []
-    last_valid = None
+  def _flush(self):
+    """Fetches pending step metrics (one host sync), checks them, writes them.
 
-    def flush():
-      """Fetches pending step metrics (one host sync), checks them, writes them.
+    A non-finite metric stops the run (NonFiniteLossError), unless
+    train.halt_on_nan is False and the params are still finite: then it is
+    logged (written as null) and training goes on.
+    """
+    host, bad = _first_nonfinite(self.pending)
+    self.pending.clear()
+    halt = self.config.train.halt_on_nan
+    stop_here = bad is not None and (halt or not _all_finite(self.state.params))
+    for s, m in host:
+      if stop_here and s >= bad[0]:
+        break
+      self.writer.write(s, {f'train/{k}': v for k, v in m.items()}, tensorboard=False)
+    if stop_here:
+      self.writer.flush()
+      raise NonFiniteLossError(_nonfinite_message(bad, self.saved, self.workdir, halt))
+    if bad is not None:
+      self.warn(f'non-finite training {", ".join(bad[1])} at step {bad[0]}; going on '
+                '(train.halt_on_nan=False and the params are finite)')
+    if host:
+      means = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
+      self.writer.write(host[-1][0], {f'train/{k}_mean': v for k, v in means.items()})
+      self.log(self.progress.line(host[-1][0], means))
+    self.writer.flush()
 
-      A non-finite metric stops the run (NonFiniteLossError), unless
-      train.halt_on_nan is False and the params are still finite: then it is
-      logged (written as null) and training goes on.
-      """
-      host, bad = _first_nonfinite(pending)
-      pending.clear()
-      stop_here = bad is not None and (halt or not _all_finite(state.params))
-      for s, m in host:
-        if stop_here and s >= bad[0]:
-          break
-        writer.write(s, {f'train/{k}': v for k, v in m.items()}, tensorboard=False)
-      if stop_here:
-        writer.flush()
-        raise NonFiniteLossError(_nonfinite_message(bad, saved, workdir, halt))
-      if bad is not None:
-        warn(f'non-finite training {", ".join(bad[1])} at step {bad[0]}; going on '
-             '(train.halt_on_nan=False and the params are finite)')
-      if host:
-        means = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
-        writer.write(host[-1][0], {f'train/{k}_mean': v for k, v in means.items()})
-        log(progress.line(host[-1][0], means))
-      writer.flush()
+  def _run_eval(self, params, split):
+    return evaluate.evaluate_pieces(self.eval_fn, self.exp.family, self.config, params,
+                                    self.exp.corpus.splits[split], self.exp.mesh,
+                                    self.exp.num_voices)
 
-    def save(score=None):
-      nonlocal saved
-      meta = {'step': step, 'select_by': select_by, 'valid_score': score,
-              'num_voices': num_voices, 'steps_per_quarter': corpus.steps_per_quarter}
-      ckpt.save(step, state, train_iter.get_state(), meta, score=score)
-      saved = step
+  def _evaluate(self):
+    """Scores train.eval_split -> the selection metric; writes and logs every metric."""
+    self._flush()
+    split, step = self.config.train.eval_split, self.step
+    result = self._run_eval(self.state.eval_params(), split)
+    self.last_score = result[self.select_by]
+    scores = {f'{split}/{k}': v for k, v in evaluate.scalars(result).items()}
+    line = f'step {step}: {evaluate.describe(result, split)}'
+    if self.state.eval_params() is not self.state.params:  # An average: what does it buy?
+      raw = scores[f'{split}/{self.select_by}_raw'] = self._run_eval(
+          self.state.params, split)[self.select_by]
+      line += f'; raw params {raw:.4f}'
+    self.writer.write(step, scores)
+    self.log(line)
+    for warning in result.get('warnings', ()):
+      self.log(f'warning (step {step}): {warning}')
+    return self.last_score
 
-    def interrupted():
-      """SIGTERM / Ctrl-C / preemption: saves this step (unless just saved) and says so."""
-      flush()
-      if step > 0 and saved != step:
-        save()
-      ckpt.wait()
-      done = (f'saved a checkpoint at step {step}' if saved == step
-              else 'stopped before the first step, nothing to save')
-      log(f'{stop.requested or "preemption"}: {done}; run the same command again to resume')
-      return {'interrupted_at': step}
+  def _save(self, score=None):
+    meta = {'step': self.step, 'select_by': self.select_by, 'valid_score': score,
+            'num_voices': self.exp.num_voices,
+            'steps_per_quarter': self.exp.corpus.steps_per_quarter}
+    self.ckpt.save(self.step, self.state, self.train_iter.get_state(), meta, score=score)
+    self.saved = self.step
 
-    while step < t.num_steps:
-      if stop.requested or (jax.process_count() > 1 and ckpt.latest.reached_preemption(step)):
-        return interrupted()
-      batch = parallel.to_global(next(train_iter), mesh)
-      state, metrics = train_step(state, batch, train_rng)
-      step += 1
-      pending.append((step, metrics))
-      last = step == t.num_steps
-      if step % t.log_every == 0 or last:
-        flush()
-      score = None
-      if (t.eval_every and step % t.eval_every == 0) or last:
-        flush()
-        result = run_eval(state.eval_params(), t.eval_split)
-        score = last_valid = result[select_by]
-        scores = {f'{t.eval_split}/{k}': v for k, v in evaluate.scalars(result).items()}
-        line = f'step {step}: {evaluate.describe(result, t.eval_split)}'
-        if state.eval_params() is not state.params:  # An average: what does it buy?
-          raw = scores[f'{t.eval_split}/{select_by}_raw'] = run_eval(
-              state.params, t.eval_split)[select_by]
-          line += f'; raw params {raw:.4f}'
-        writer.write(step, scores)
-        log(line)
-        for warning in result.get('warnings', ()):
-          log(f'warning (step {step}): {warning}')
-      if step % t.checkpoint_every == 0 or last or score is not None:
-        flush()
-        save(score if t.eval_split == 'valid' else None)
-    ckpt.wait()
-    if stop.requested:  # The last checkpoint is saved; a re-run does what follows.
-      return interrupted()
-    final = {'step': step, f'last_{t.eval_split}_{select_by}': last_valid,
-             'likelihood': family.CAPABILITIES.likelihood}
-    if ckpt.best.best_step() is not None:
-      best_state, _, _ = ckpt.restore(abstract, best=True)
-      for split in ('valid', 'test'):
-        if corpus.splits.get(split):
-          final[f'best_{split}_{select_by}'] = run_eval(best_state.eval_params(),
-                                                        split)[select_by]
-      final['best_step'] = ckpt.best.best_step()
-      best = {k: v for k, v in final.items()
-              if k.startswith('best_') and k.endswith(select_by) and v is not None}
-      writer.write(step, {f'best/{k}': v for k, v in best.items()})
-      log('best checkpoint (step %d, %s): %s' % (
-          final['best_step'], family.CAPABILITIES.describe(),
-          ', '.join(f'{k}={v:.4f}' for k, v in best.items())))
-    writer.flush()
+  def _interrupted(self):
+    """SIGTERM / Ctrl-C / preemption: saves this step (unless just saved) and says so."""
+    self._flush()
+    if self.step > 0 and self.saved != self.step:
+      self._save()
+    self.ckpt.wait()
+    done = (f'saved a checkpoint at step {self.step}' if self.saved == self.step
+            else 'stopped before the first step, nothing to save')
+    self.log(f'{self.stop.requested or "preemption"}: {done}; run the same command again to '
+             'resume')
+    return {'interrupted_at': self.step}
+
+  def _finish(self):
+    """After the last step: the best checkpoint scored on valid and test, curves.png and
+    the final samples -> the run's result."""
+    t, caps = self.config.train, self.exp.family.CAPABILITIES
+    final = {'step': self.step, f'last_{t.eval_split}_{self.select_by}': self.last_score,
+             'likelihood': caps.likelihood}
+    if self.ckpt.best_step() is not None:
+      final.update(self._score_best())
+    self.writer.flush()
     if jax.process_index() == 0:
-      with workdir_lib.writing(workdir / 'curves.png') as path:
-        plotting.plot_curves(path, metric_writers.read_metrics(workdir),
-                             ['train/loss_mean', f'{t.eval_split}/{select_by}'])
-    if stop.requested:
-      return interrupted()
+      with workdir_lib.writing(self.workdir / 'curves.png') as path:
+        plotting.plot_curves(path, metric_writers.read_metrics(self.workdir),
+                             ['train/loss_mean', f'{t.eval_split}/{self.select_by}'])
+    if self.stop.requested:
+      return self._interrupted()
     if t.num_final_samples and jax.process_index() == 0:
-      from bach_jax import generate  # Only the end of a run needs it.
       paths = generate.sample_to_files(
-          family, config, state.eval_params(), jax.random.fold_in(root, 1 << 30),
-          workdir / 'samples', num_pieces=t.num_final_samples, corpus=corpus)
-      log(f'wrote {len(paths)} samples to {workdir / "samples"}')
+          self.exp.family, self.config, self.state.eval_params(),
+          jax.random.fold_in(self.root, FINAL_SAMPLES_SEED), self.workdir / 'samples',
+          num_pieces=t.num_final_samples, corpus=self.exp.corpus)
+      self.log(f'wrote {len(paths)} samples to {self.workdir / "samples"}')
     return final
-  finally:  # Cleanup errors are raised only when no error is on its way out already.
-    _close_all(sys.exc_info()[1] is None, *([writer.close] if writer else []), ckpt.wait,
-               ckpt.close)
+
+  def _score_best(self):
+    """The best checkpoint's selection metric on valid and test, written and logged."""
+    best_state, _, _ = self.ckpt.restore(self.abstract, best=True)
+    scores = {}
+    for split in ('valid', 'test'):
+      if self.exp.corpus.splits.get(split):
+        scores[f'best_{split}_{self.select_by}'] = self._run_eval(best_state.eval_params(),
+                                                                  split)[self.select_by]
+    scores['best_step'] = self.ckpt.best_step()
+    best = {k: v for k, v in scores.items()
+            if k.startswith('best_') and k.endswith(self.select_by) and v is not None}
+    self.writer.write(self.step, {f'best/{k}': v for k, v in best.items()})
+    self.log('best checkpoint (step %d, %s): %s' % (
+        scores['best_step'], self.exp.family.CAPABILITIES.describe(),
+        ', '.join(f'{k}={v:.4f}' for k, v in best.items())))
+    return scores

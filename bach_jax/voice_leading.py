@@ -59,9 +59,13 @@ hiddenOctave includes arrivals on a unison (the simpleName of P8 is 'P1'), as
 ours does.
 """
 
+import dataclasses
+import math
+
 import numpy as np
 
 from bach_jax.data.pianoroll import LOWEST_PITCH, NUM_KEYS, REST
+from bach_jax.errors import ConfigError
 
 NUM_VOICES = 4
 # Inclusive MIDI ranges of soprano, alto, tenor, bass.
@@ -251,3 +255,51 @@ def voice_leading(voices, lengths, soprano_leap: int = SOPRANO_LEAP) -> dict:
   return {name: _per_100(counts[num], counts[den])
           for name, (num, den) in VOICE_LEADING_RATES.items()}
 
+
+# config.sample.rules / rule_penalty: which rules the sampler applies (models/rules.py).
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSet:
+  """Rules to apply (names of voice_leading.RULES) and the penalty per violation
+  (nats; inf = hard). Hashable: it is part of the compiled sampler."""
+  names: tuple
+  penalty: float
+
+  @property
+  def hard(self):
+    return math.isinf(self.penalty)
+
+  def describe(self):
+    return f'{",".join(self.names)} ({"hard" if self.hard else f"{self.penalty:g} nats"})'
+
+
+def parse_rules(rules, penalty):
+  """config.sample.rules / rule_penalty values -> RuleSet, or None for '' (off).
+
+  ConfigError naming the key for an unknown rule or a penalty that is not > 0.
+  """
+  names = [r.strip() for r in str(rules or '').split(',') if r.strip()]
+  if not names:
+    return None
+  if 'all' in names:
+    names = list(RULES)
+  unknown = [r for r in names if r not in RULES]
+  if unknown:
+    raise ConfigError(
+        f'config.sample.rules: unknown rule {unknown[0]!r} (known: {", ".join(RULES)}, all)')
+  try:
+    penalty = float(penalty)
+  except (TypeError, ValueError):
+    penalty = float('nan')
+  if not penalty > 0:
+    raise ConfigError(
+        f'config.sample.rule_penalty: must be > 0 (nats per violation) or inf (hard), '
+        f'got {penalty!r}')
+  return RuleSet(tuple(r for r in RULES if r in names), penalty)
+
+
+def rules_from_config(config):
+  """The RuleSet of config.sample (None when rules are off)."""
+  s = config.sample
+  return parse_rules(s.rules, s.rule_penalty)

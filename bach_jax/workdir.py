@@ -28,22 +28,13 @@ import uuid
 
 from etils import epath
 
+from bach_jax.errors import WorkdirError, WorkdirLocked, WriteError, describe_os_error  # pylint: disable=unused-import
+
 LOCK_NAME = 'lock'
 HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 300.0  # A lock from another host with an older heartbeat is stale.
 
 
-class WorkdirError(RuntimeError):
-  """The workdir cannot be used (a file, not writable); the message names the path."""
-
-
-class WorkdirLocked(WorkdirError):
-  """Another live process holds the workdir; the message names it."""
-
-
-class WriteError(RuntimeError):
-  """A file of the run could not be written (disk full, I/O error); the message names
-  the path, and for a checkpoint the space it needs."""
 
 
 def as_path(path):
@@ -57,11 +48,6 @@ def as_path(path):
 def is_local(path):
   """True for a path on the local filesystem (no 'scheme://' prefix)."""
   return '://' not in os.fspath(path)
-
-
-def describe_os_error(e):
-  """An OSError as 'strerror' (its errno's text when strerror is empty)."""
-  return e.strerror or (os.strerror(e.errno) if e.errno else str(e))
 
 
 def _chain(e):

@@ -188,8 +188,8 @@ def family_config(name, args, extra=None):
       raise KeyError(f'configs/{name}.py has no config.model.{key}')
     config.model[key] = value
   base = models.get_family(name).CAPABILITIES.builds_on
-  into = config.train.get('init_from_into', '')
-  if base and into:  # What finetune.resolve_config copies in from the base run.
+  into = config.train.init_from_into
+  if base and into:  # What experiment.resolve copies in from the base run.
     base_config, _, _, _ = family_config(base, args)
     config.model[into] = ml_collections.ConfigDict(base_config.model.to_dict())
   config.train.batch_size = batch
@@ -201,7 +201,7 @@ def build_runner(name, args, mesh, label=None, extra=None):
   """-> (runner for run_rounds, its record fields) of one family's trainer step (label and
   extra: a --variants run's name and config.model keys)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from bach_jax import config_base, models, parallel, train  # pylint: disable=g-import-not-at-top
+  from bach_jax import config_base, experiment, models, parallel, train  # pylint: disable=g-import-not-at-top
   config, batch_size, steps, overrides = family_config(name, args, extra)
   family = models.get_family(name)
   batch = make_batch(batch_size, steps + 1)
@@ -211,7 +211,7 @@ def build_runner(name, args, mesh, label=None, extra=None):
   t0 = time.perf_counter()
   state = jax.jit(functools.partial(family.init, config),
                   out_shardings=parallel.replicated(mesh))(
-                      jax.random.key(config.seed), train.example_batch(config, NUM_VOICES))
+                      jax.random.key(config.seed), experiment.example_batch(config, NUM_VOICES))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))

@@ -36,9 +36,10 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bach_jax import compare  # pylint: disable=g-import-not-at-top
+from bach_jax import experiment  # pylint: disable=g-import-not-at-top
 from bach_jax import generate  # pylint: disable=g-import-not-at-top
 from bach_jax import metrics  # pylint: disable=g-import-not-at-top
-from bach_jax import train  # pylint: disable=g-import-not-at-top
+from bach_jax import pieces as pieces_lib  # pylint: disable=g-import-not-at-top
 from bach_jax import voice_leading as vl  # pylint: disable=g-import-not-at-top
 from bach_jax.models import rules as rules_lib  # pylint: disable=g-import-not-at-top
 
@@ -97,15 +98,15 @@ def compile_sampler(model, rules, penalty, num_pieces, num_steps, temperature):
     out = jax.device_get(compiled(model.params, jax.random.key(seed), request))
     seconds = time.perf_counter() - t0
     fallbacks = int(np.sum(out.get('rule_fallbacks', 0)))
-    return generate.to_pianorolls(out, model.steps_per_quarter), seconds, fallbacks
+    return pieces_lib.to_pianorolls(out, model.steps_per_quarter), seconds, fallbacks
 
   return sample, compile_seconds
 
 
 def measure_set(pieces, ref, spq):
   """Rates, distances and |z| of one set of samples against the reference metrics."""
-  own = metrics.compare(compare.set_metrics(pieces, spq, 'own'), ref['own'])
-  roll = metrics.compare(compare.set_metrics(pieces, spq, 'roll'), ref['roll'])
+  own = metrics.compare(metrics.set_metrics(pieces, spq, 'own'), ref['own'])
+  roll = metrics.compare(metrics.set_metrics(pieces, spq, 'roll'), ref['roll'])
   _, lengths, voices = metrics.pad_pieces(pieces)
   z = {k: v['z'] for k, v in own['metrics'].items() if v and v['z'] is not None}
   ruled = {r for rates in vl.RULES.values() for r in rates}
@@ -121,11 +122,11 @@ def measure(workdir, variants=VARIANTS, num_pieces=64, num_steps=256, seeds=(0,)
   model = generate.load_model(workdir)
   if cache_dir:
     model.config.data.cache_dir = cache_dir
-  _, corpus, _ = train.setup(model.config)
+  corpus = experiment.setup(model.config).corpus
   spq = corpus.steps_per_quarter
   reference = compare.reference_pieces(corpus, 'test', num_steps)
   valid = compare.reference_pieces(corpus, 'valid', num_steps)
-  ref = {v: compare.set_metrics(reference, spq, v) for v in ('own', 'roll')}
+  ref = {v: metrics.set_metrics(reference, spq, v) for v in ('own', 'roll')}
   _, lengths, voices = metrics.pad_pieces(reference)
   noise = measure_set(valid, ref, spq)
   bach = {'label': 'Bach (test split)', 'rates': pooled_rates(voices, lengths),

@@ -257,13 +257,13 @@ def bench_sampling(emit, quick):
     return
   try:
     import jax  # pylint: disable=g-import-not-at-top
-    from bach_jax import generate, models, train  # pylint: disable=g-import-not-at-top
+    from bach_jax import experiment, generate, models  # pylint: disable=g-import-not-at-top
     config = config_mod.get_config()
     if config.model.get('num_voices', 0) == -1:
       config.model.num_voices = 4  # What check_corpus sets for the chorales.
     num_voices = config.model.get('num_voices', 0) or None
     family = models.get_family(config.model.name)
-    state = family.init(config, jax.random.key(0), train.example_batch(config, num_voices))
+    state = family.init(config, jax.random.key(0), experiment.example_batch(config, num_voices))
     num_steps = 32 if quick else config.sample.num_steps
     request = generate.make_request(config, num_steps=num_steps, num_voices=num_voices)
     t0 = time.perf_counter()

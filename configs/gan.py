@@ -13,7 +13,11 @@ the valid split's pieces (evaluate.py, metrics.py).
 from bach_jax import config_base
 
 
+VARIANTS = ('clip', 'test', 'clip_test')
+
+
 def get_config(arg=''):
+  config_base.check_variant('gan.py', arg, VARIANTS)
   config = config_base.base_config()
   m = config.model
   m.name = 'gan'  # Registry key (bach_jax/models/__init__.py).
@@ -43,7 +47,6 @@ def get_config(arg=''):
   t.lr_schedule = 'constant'
   t.grad_clip_norm = 0.0
   t.eval_every = t.checkpoint_every = 250
-  t.eval_samples = 64  # Samples whose musical metrics are compared with the valid split.
   config.sample.num_steps = 64
   if arg in ('clip', 'clip_test'):
     m.objective = 'wgan_clip'
@@ -54,14 +57,8 @@ def get_config(arg=''):
     m.n_critic = 2
     m.tracks = 4  # The voice path end to end (sampling, load_model); test_gan covers 1 and 2.
     d.window_steps, d.hop_steps = 17, 8
-    t.batch_size = t.eval_batch_size = 16
-    t.num_steps = 60
+    config_base.test_training(config)
+    t.warmup_steps = 0  # The GAN's optimizers have no warmup (gan_config.validate).
     t.learning_rate = 1e-3
-    t.log_every = 10
-    t.eval_every = t.checkpoint_every = 30
     t.eval_samples = 8
-    t.num_final_samples = 2
-    config.sample.num_steps = 32
-  elif arg not in ('', 'clip'):
-    raise ValueError(f'configs/gan.py: unknown variant {arg!r} (known: clip, test, clip_test)')
   return config

@@ -9,7 +9,11 @@ Usage:
 from bach_jax import config_base
 
 
+VARIANTS = ('test', 'jsb')
+
+
 def get_config(arg=''):
+  config_base.check_variant('lstm.py', arg, VARIANTS)
   config = config_base.base_config()
   m = config.model
   m.name = 'lstm'  # Registry key (bach_jax/models/__init__.py).
@@ -24,18 +28,9 @@ def get_config(arg=''):
   config.train.learning_rate = 2e-3
   if arg == 'test':
     m.hidden_size = 32
+    config_base.test_training(config)
     config.data.window_steps = 16
     config.data.hop_steps = 8
-    config.train.batch_size = 16
-    config.train.eval_batch_size = 16
-    config.train.num_steps = 60
-    config.train.warmup_steps = 5
-    config.train.learning_rate = 1e-2
-    config.train.log_every = 10
-    config.train.eval_every = 30
-    config.train.checkpoint_every = 30
-    config.train.num_final_samples = 2
-    config.sample.num_steps = 32
   elif arg == 'jsb':
     d, t = config.data, config.train
     d.source = 'jsb:' + config_base.jsb_quarter()
@@ -54,6 +49,4 @@ def get_config(arg=''):
     t.ema_decay = 0.998
     t.eval_every = t.checkpoint_every = 200
     t.num_final_samples = 0
-  elif arg:
-    raise ValueError(f'configs/lstm.py: unknown variant {arg!r} (known: test, jsb)')
   return config

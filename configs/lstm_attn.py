@@ -12,7 +12,11 @@ Usage:
 from bach_jax import config_base
 
 
+VARIANTS = ('test', 'jsb', 'jsb_windows')
+
+
 def get_config(arg=''):
+  config_base.check_variant('lstm_attn.py', arg, VARIANTS)
   config = config_base.base_config()
   m = config.model
   m.name = 'lstm_attn'  # Registry key (bach_jax/models/__init__.py).
@@ -44,6 +48,7 @@ def get_config(arg=''):
   t.learning_rate = 2e-3
   t.batch_size = 64
   if arg == 'test':
+    config_base.test_training(config)
     m.hidden_size = 32
     m.head_hidden = 32
     m.embed_dim = 4
@@ -51,16 +56,6 @@ def get_config(arg=''):
     config.data.window_steps = 16
     config.data.hop_steps = 8
     m.attn_window = 16
-    t.batch_size = 16
-    t.eval_batch_size = 16
-    t.num_steps = 60
-    t.warmup_steps = 5
-    t.learning_rate = 1e-2
-    t.log_every = 10
-    t.eval_every = 30
-    t.checkpoint_every = 30
-    t.num_final_samples = 2
-    config.sample.num_steps = 32
   elif arg in ('jsb', 'jsb_windows'):
     d = config.data
     d.source = 'jsb:' + config_base.jsb_quarter()
@@ -83,7 +78,4 @@ def get_config(arg=''):
       d.window_steps, d.hop_steps = 32, 8
       t.batch_size = 32
       t.num_steps = 1600  # Valid NLL is best near step 800-1000, then overfits (best kept).
-  elif arg:
-    raise ValueError(f'configs/lstm_attn.py: unknown variant {arg!r} '
-                     '(known: test, jsb, jsb_windows)')
   return config

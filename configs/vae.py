@@ -15,7 +15,11 @@ hierarchical; --config.model.output=bernoulli gives the paper's per-key output,
 from bach_jax import config_base
 
 
+VARIANTS = ('test', 'jsb')
+
+
 def get_config(arg=''):
+  config_base.check_variant('vae.py', arg, VARIANTS)
   config = config_base.base_config()
   m = config.model
   m.name = 'vae'  # Registry key (bach_jax/models/__init__.py).
@@ -57,20 +61,13 @@ def get_config(arg=''):
   t.batch_size = 64
   config.sample.num_steps = 256
   if arg == 'test':
+    config_base.test_training(config)
     m.segment_steps, m.subsequence_steps = 8, 4
     m.latent_dim, m.encoder_hidden, m.conductor_hidden, m.decoder_hidden = 8, 16, 16, 16
     m.head_hidden, m.embed_dim = 16, 4
     m.free_bits, m.kl_warmup_steps = 0.5, 20
     m.iwae_samples = 4
     d.window_steps, d.hop_steps = 9, 8
-    t.batch_size = t.eval_batch_size = 16
-    t.num_steps = 60
-    t.warmup_steps = 5
-    t.learning_rate = 1e-2
-    t.log_every = 10
-    t.eval_every = t.checkpoint_every = 30
-    t.num_final_samples = 2
-    config.sample.num_steps = 32
   elif arg == 'jsb':
     d.source = 'jsb:' + config_base.jsb_quarter()
     m.num_voices = 0  # Set mode: the 88-key frame's exact probability.
@@ -85,6 +82,4 @@ def get_config(arg=''):
     t.num_steps = 4000
     t.eval_every = t.checkpoint_every = 500
     t.num_final_samples = 0
-  elif arg:
-    raise ValueError(f'configs/vae.py: unknown variant {arg!r} (known: test, jsb)')
   return config

@@ -45,7 +45,11 @@ def model_defaults(m):
   m.head_hidden = 128
 
 
+VARIANTS = ('test', 'jsb')
+
+
 def get_config(arg=''):
+  config_base.check_variant('vqvae.py', arg, VARIANTS)
   config = config_base.base_config()
   m = config.model
   m.name = 'vqvae'  # Registry key (bach_jax/models/__init__.py).
@@ -59,18 +63,11 @@ def get_config(arg=''):
   t.batch_size = 32
   config.sample.num_steps = 256
   if arg == 'test':
+    config_base.test_training(config)
     m.segment_steps, m.codebook_size, m.code_dim = 16, 8, 8
     m.encoder_hidden = m.context_hidden = m.decoder_hidden = m.head_hidden = 16
     m.embed_dim = 4
     d.window_steps, d.hop_steps = 17, 8
-    t.batch_size = t.eval_batch_size = 16
-    t.num_steps = 60
-    t.warmup_steps = 5
-    t.learning_rate = 1e-2
-    t.log_every = 10
-    t.eval_every = t.checkpoint_every = 30
-    t.num_final_samples = 2
-    config.sample.num_steps = 32
   elif arg == 'jsb':
     d.source = 'jsb:' + config_base.jsb_quarter()
     m.num_voices = 0  # Set mode: the 88-key frame's exact probability.
@@ -81,6 +78,4 @@ def get_config(arg=''):
     t.num_steps = 4000
     t.eval_every = t.checkpoint_every = 500
     t.num_final_samples = 0
-  elif arg:
-    raise ValueError(f'configs/vqvae.py: unknown variant {arg!r} (known: test, jsb)')
   return config

@@ -25,9 +25,11 @@ def _stage1_config(arg):
   return module.get_config(arg)
 
 
+VARIANTS = ('test', 'jsb')
+
+
 def get_config(arg=''):
-  if arg not in ('', 'test', 'jsb'):
-    raise ValueError(f'configs/vqvae_prior.py: unknown variant {arg!r} (known: test, jsb)')
+  config_base.check_variant('vqvae_prior.py', arg, VARIANTS)
   config = _stage1_config(arg)  # Data, grid and schedule as stage 1's variant.
   m = config.model = config_base.base_config().model
   m.name = 'vqvae_prior'  # Registry key (bach_jax/models/__init__.py).

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from bach_jax import experiment
 from bach_jax import models
 from bach_jax import parallel
 from bach_jax import train
@@ -39,7 +40,8 @@ def test_bfloat16_run_trains(name):
     #   as initialized: the step is what is tested).
     config.model[config.train.init_from_into] = load_config(base, 'test').model
     config.model[config.train.init_from_into].dtype = 'bfloat16'  # A bf16 base model.
-  family, corpus, mesh = train.setup(config)
+  exp = experiment.setup(config)
+  family, corpus, mesh = exp.family, exp.corpus, exp.mesh
   batches = pipeline.BatchIterator(
       corpus.splits['train'], batch_size=config.train.batch_size,
       window_steps=config.data.window_steps, hop_steps=config.data.hop_steps, seed=0,
@@ -47,7 +49,7 @@ def test_bfloat16_run_trains(name):
       pad_short=config.data.get('pad_short', False))
   state = jax.jit(lambda rng, batch: family.init(config, rng, batch),
                   out_shardings=parallel.replicated(mesh))(
-                      jax.random.key(0), train.example_batch(config, corpus.num_voices))
+                      jax.random.key(0), experiment.example_batch(config, corpus.num_voices))
   step = train.make_train_step(family, config, mesh)
   batch = parallel.to_global(next(batches), mesh)
 

@@ -10,6 +10,7 @@ import pytest
 
 from bach_jax import compare
 from bach_jax import compare_report
+from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import models
 from bach_jax import train
@@ -112,7 +113,7 @@ def test_sample_metric_summary_is_json_safe_and_seeded(trained, cache_dir):
   root, _ = trained
   model = generate.load_model(os.path.join(root, 'lstm'))
   model.config.data.cache_dir = cache_dir
-  _, corpus, _ = train.setup(model.config)
+  corpus = experiment.setup(model.config).corpus
   lines = []
   a = compare.sample_metric_summary(model, corpus, num_pieces=4, num_steps=32, seed=3,
                                     log=lines.append)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import metric_writers
 from bach_jax import models
@@ -98,13 +99,14 @@ def test_family_trains_evaluates_and_samples(run):
 def _step_fixture(name, trained_run):
   """(config, family, state, batch, step) with the trainer's shapes and jitted step."""
   config = _config(name, trained_run)
-  family, corpus, mesh = train.setup(config)
+  exp = experiment.setup(config)
+  family, corpus, mesh = exp.family, exp.corpus, exp.mesh
   batch = next(pipeline.BatchIterator(
       corpus.splits['train'], batch_size=config.train.batch_size,
       window_steps=config.data.window_steps, hop_steps=config.data.hop_steps, seed=0,
       num_voices=corpus.num_voices, pad_start=config.data.pad_start))
   state = jax.jit(functools.partial(family.init, config), out_shardings=parallel.replicated(
-      mesh))(jax.random.key(0), train.example_batch(config, corpus.num_voices))
+      mesh))(jax.random.key(0), experiment.example_batch(config, corpus.num_voices))
   step = train.make_train_step(family, config, mesh)
 
   def loss(batch_):  # The state is donated: step a copy.
@@ -155,7 +157,7 @@ def _state_beyond_params_and_one_optimizer(name, config):
   if family.CAPABILITIES.builds_on or family.CAPABILITIES.likelihood == 'none':
     return True
   state = jax.eval_shape(functools.partial(family.init, config), jax.random.key(0),
-                         train.example_batch(config, 4))
+                         experiment.example_batch(config, 4))
   return bool(jax.tree.leaves(state.model_state))
 
 

@@ -29,8 +29,10 @@ import pytest
 from bach_jax import checkpoints
 from bach_jax import config_base
 from bach_jax import evaluate
+from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import metric_writers
+from bach_jax import pieces as pieces_lib
 from bach_jax import plotting
 from bach_jax import train
 from bach_jax import workdir as workdir_lib
@@ -360,11 +362,11 @@ def test_config_mistakes_are_one_line(tmp_path, args, expected):
 
 
 def test_long_piece_gets_no_wav_and_a_note(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(generate, 'MAX_WAV_SECONDS', 10.0, raising=False)
+  monkeypatch.setattr(pieces_lib, 'MAX_WAV_SECONDS', 10.0, raising=False)
   rng = np.random.default_rng(0)
   pieces = [pianoroll.PianoRoll(rng.random((steps, 88)) < 0.05, None, 4, {'file': 'x'})
             for steps in (48, 64)]  # 9 s and 12 s at 80 qpm.
-  paths = generate.write_pieces(pieces, str(tmp_path), qpm=80.0)
+  paths = pieces_lib.write_pieces(pieces, str(tmp_path), qpm=80.0)
   assert paths == [f'{tmp_path}/sample_0.mid', f'{tmp_path}/sample_1.mid']
   assert sorted(os.listdir(tmp_path)) == ['sample_0.mid', 'sample_0.png', 'sample_0.wav',
                                           'sample_1.mid', 'sample_1.png']
@@ -375,7 +377,7 @@ def test_long_piece_gets_no_wav_and_a_note(tmp_path, monkeypatch, capsys):
 def test_sample_that_cannot_fit_is_refused_before_it_starts(run, monkeypatch):
   model = generate.load_model(run)
   monkeypatch.setattr(generate, '_available_memory', lambda: 1 << 20, raising=False)
-  monkeypatch.setattr(generate, '_jitted_sample', None)  # Must not be reached.
+  monkeypatch.setattr(generate.family_lib, 'jitted', None)  # Must not be reached.
   with pytest.raises(generate.SampleError, match='config.sample.num_steps=100000'):
     model.sample(num_pieces=4, num_steps=100_000)
 
@@ -397,7 +399,7 @@ def test_long_sampling_prints_size_estimate_and_rate(run, monkeypatch, capsys):
 
 
 def small_state(config):
-  return lstm.init(config, jax.random.key(0), train.example_batch(config, None))
+  return lstm.init(config, jax.random.key(0), experiment.example_batch(config, None))
 
 
 def test_nonfinite_valid_score_never_becomes_best(tmp_path):
@@ -610,7 +612,7 @@ def test_run_files_accept_epath(tmp_path):
   assert list((workdir / 'tensorboard').iterdir())
   plotting.plot_curves(workdir / 'curves.png', metric_writers.read_metrics(workdir), ['x'])
   piece = pianoroll.PianoRoll(np.eye(88, dtype=bool)[:16], None, 4, {'file': 'x'})
-  paths = generate.write_pieces([piece], workdir / 'samples')
+  paths = pieces_lib.write_pieces([piece], workdir / 'samples')
   assert paths == [str(workdir / 'samples' / 'sample_0.mid')]
   for name in ('curves.png', 'samples/sample_0.png', 'samples/sample_0.wav'):
     assert os.path.getsize(workdir / name) > 100, name
@@ -637,9 +639,9 @@ def test_a_piece_is_named_by_split_and_index_and_a_missing_file_says_how(tmp_pat
   pieces = {s: [pianoroll.PianoRoll(np.eye(88, dtype=bool)[[i] * 8], None, 4, {'n': s})
                 for i in range(2)] for s in ('train', 'valid', 'test')}
   corpus = types.SimpleNamespace(splits=pieces)
-  assert generate.load_primer('valid:1', 4, corpus).meta == {'n': 'valid'}
-  assert generate.load_primer('split:0', 4, corpus, split='train').meta == {'n': 'train'}
+  assert pieces_lib.load_piece('valid:1', 4, corpus).meta == {'n': 'valid'}
+  assert pieces_lib.load_piece('split:0', 4, corpus, split='train').meta == {'n': 'train'}
   with pytest.raises(generate.SampleError, match=r"'split:5'.*'test' split \(2 pieces\)"):
-    generate.load_primer('test:5', 4, corpus)
+    pieces_lib.load_piece('test:5', 4, corpus)
   with pytest.raises(generate.SampleError, match=r'nope.mid: MIDI file not found.*test:INDEX'):
-    generate.load_primer(str(tmp_path / 'nope.mid'), 4, corpus)
+    pieces_lib.load_piece(str(tmp_path / 'nope.mid'), 4, corpus)

@@ -14,6 +14,7 @@ import pytest
 from bach_jax import checkpoints
 from bach_jax import config_base
 from bach_jax import evaluate
+from bach_jax import experiment
 from bach_jax import finetune
 from bach_jax import metric_writers
 from bach_jax import models
@@ -105,15 +106,16 @@ def fresh_state(name, **overrides):
   family = models.get_family(config.model.name)
   num_voices = config.model.get('num_voices', 0)
   num_voices = None if num_voices is None or num_voices <= 0 else num_voices
-  batch = train.example_batch(config, num_voices)
+  batch = experiment.example_batch(config, num_voices)
   return config, jax.jit(functools.partial(family.init, config))(jax.random.key(0), batch)
 
 
-def save_run(workdir, config, state, step=1):
-  """A run's workdir with one checkpoint of state (as the trainer writes it)."""
+def save_run(workdir, config, state, step=1, num_voices=None):
+  """A run's workdir with one checkpoint of state (as the trainer writes it: the config
+  resolved for its corpus, the corpus's voice count in the checkpoint's meta)."""
   checkpoints.write_config(workdir, config)
   ckpt = checkpoints.Checkpointer(workdir)
-  ckpt.save(step, state, {'epoch': 0}, {'step': step, 'num_voices': None,
+  ckpt.save(step, state, {'epoch': 0}, {'step': step, 'num_voices': num_voices,
                                         'steps_per_quarter': 4})
   ckpt.wait()
   ckpt.close()
@@ -125,7 +127,8 @@ def test_another_family_or_voice_count_is_refused(chorale_run, tmp_path):
   with pytest.raises(config_base.ConfigError,
                      match=r"config.train.init_from=.*a lstm model.*parameter "):
     finetune.init_from(chorale_run, attn4, mesh)
-  save_run(str(tmp_path / 'attn4'), load_config('lstm_attn', 'test'), attn4)
+  save_run(str(tmp_path / 'attn4'), load_config('lstm_attn', 'test', **{'model.num_voices': 4}),
+           attn4, num_voices=4)
   _, attn3 = fresh_state('lstm_attn', **{'model.num_voices': 3})
   with pytest.raises(config_base.ConfigError, match=r'parameter \S+ has shape .* there'):
     finetune.init_from(str(tmp_path / 'attn4'), attn3, mesh)
@@ -137,13 +140,13 @@ def test_load_params_picks_the_average_and_steps(tmp_path):
   source = str(tmp_path / 'ema')
   save_run(source, config, state.replace(ema_params=ema), step=3)
   save_run(source, config, state.replace(ema_params=ema, params=ema), step=5)
-  loaded_config, params = finetune.load_params(source)
-  assert loaded_config.model.name == 'lstm'
+  loaded, params = finetune.load_params(source)
+  assert loaded.config.model.name == 'lstm'
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ema)):
     np.testing.assert_array_equal(a, b)
-  assert finetune.find_checkpoint(source)[1] == 5  # No best checkpoint: the latest.
-  assert finetune.find_checkpoint(f'{source}')[0].name == '5'
-  assert finetune.find_checkpoint(source, 3)[1] == 3
+  assert loaded.step == 5  # No best checkpoint: the latest.
+  assert loaded.path.name == '5'
+  assert finetune.load_params(source, 3)[0].step == 3
   # A run that keeps an average starts it from the loaded params too; optimizer fresh.
   new = finetune.init_from(f'{source}:3', state, parallel.make_mesh(), log=lambda _: None)
   assert int(new.step) == 0
@@ -181,7 +184,7 @@ def test_init_from_into_a_part_of_a_bigger_model(tmp_path):
     ('rel/dir:x', ('rel/dir:x', None)),
 ])
 def test_parse_spec(spec, expected):
-  assert finetune.parse_spec(spec) == expected
+  assert checkpoints.parse_spec(spec) == expected
 
 
 def test_config_key_defaults_to_off():
@@ -196,7 +199,7 @@ def test_init_from_keeps_the_state_a_family_holds_outside_the_optimizer(tmp_path
   config = load_config('vqvae', 'test')
   config.model.num_voices = 4
   family = models.get_family('vqvae')
-  batch = train.example_batch(config, 4)
+  batch = experiment.example_batch(config, 4)
   source = family.init(config, jax.random.key(1), batch)
   stats = jax.tree.map(lambda x: x * 0 + np.arange(x.size).reshape(x.shape) + 0.5,
                        source.model_state)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bach_jax import evaluate
+from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import parallel
 from bach_jax import train
@@ -115,7 +116,8 @@ def test_clipping_keeps_every_critic_weight_within_the_bound():
 
 def test_a_generator_with_a_constant_output_is_flagged_as_collapsed(cache_dir):
   config = _config(**{'data.cache_dir': cache_dir, 'train.eval_samples': 16})
-  _, corpus, mesh = train.setup(config)
+  exp = experiment.setup(config)
+  corpus, mesh = exp.corpus, exp.mesh
   state = gan.init(config, jax.random.key(0), _batch(np.random.default_rng(6)))
   const = dict(state.params)
   const['generator'] = jax.tree.map(jnp.zeros_like, state.params['generator'])

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from bach_jax import experiment
 from bach_jax import models
 from bach_jax import train
 from train_helpers import load_config
@@ -19,7 +20,7 @@ def _tiny_model(name):
   config = load_config(name, **{'model.dropout_rate': 0.0})
   family = models.get_family(name)
   num_voices = 4 if name == 'lstm_attn' else 0
-  state = family.init(config, jax.random.key(0), train.example_batch(config, num_voices))
+  state = family.init(config, jax.random.key(0), experiment.example_batch(config, num_voices))
   return config, family, state, num_voices
 
 
@@ -29,7 +30,7 @@ def test_ema_params_follow_the_moving_average():
   config, family, _, _ = _tiny_model('lstm')
   config.train.ema_decay = 0.9
   batch = {'roll': np.random.default_rng(2).random((4, 8, 88)) < 0.05, 'mask': np.ones(4, bool)}
-  init = lambda c: family.init(c, jax.random.key(0), train.example_batch(c, 0))
+  init = lambda c: family.init(c, jax.random.key(0), experiment.example_batch(c, 0))
   state = init(config)
   plain_config = load_config('lstm', **{'model.dropout_rate': 0.0})
   plain = init(plain_config)

@@ -17,6 +17,8 @@ import jax
 import pytest
 
 from bach_jax import checkpoints
+from bach_jax import experiment
+from bach_jax import pieces as pieces_lib
 from bach_jax import train
 from train_helpers import REPO, load_config
 
@@ -30,9 +32,10 @@ NOTEBOOK = os.path.join(REPO, 'notebooks', 'colab.ipynb')
 def write_untrained_run(workdir, name):
   """A workdir with config.json and one checkpoint of configs/NAME.py:test's initial params."""
   config = load_config(name, 'test')
-  family, corpus, _ = train.setup(config)  # Resolves the corpus-dependent keys (voices).
+  exp = experiment.setup(config)
+  family, corpus = exp.family, exp.corpus  # Resolves the corpus-dependent keys (voices).
   state = jax.jit(functools.partial(family.init, config))(
-      jax.random.key(0), train.example_batch(config, corpus.num_voices))
+      jax.random.key(0), experiment.example_batch(config, corpus.num_voices))
   checkpoints.write_config(workdir, config)
   ckpt = checkpoints.Checkpointer(workdir)
   ckpt.save(1, state, {'epoch': 0}, {'step': 1, 'num_voices': corpus.num_voices,
@@ -83,9 +86,9 @@ def test_notebook_trains_samples_plays_and_harmonizes(tmp_path, monkeypatch):
   assert {'sample_0.png', 'sample_0.wav', 'melody.mid', 'harmonized_0.mid',
           'harmonized_0.wav'} <= set(os.listdir(out))
   from bach_jax import generate  # pylint: disable=g-import-not-at-top
-  melody = generate.soprano_line(generate.load_primer(str(out / 'melody.mid'), 4))
-  harmonized = generate.load_primer(str(out / 'harmonized_0.mid'), 4)
-  assert (generate.soprano_line(harmonized)[:len(melody)] == melody).all()
+  melody = pieces_lib.soprano_line(pieces_lib.load_piece(str(out / 'melody.mid'), 4))
+  harmonized = pieces_lib.load_piece(str(out / 'harmonized_0.mid'), 4)
+  assert (pieces_lib.soprano_line(harmonized)[:len(melody)] == melody).all()
 
 
 def test_notebook_interpolates_with_a_latent_model(tmp_path, monkeypatch):

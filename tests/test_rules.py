@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from bach_jax import config_base
+from bach_jax import experiment
 from bach_jax import generate
+from bach_jax import pieces as pieces_lib
 from bach_jax import train
 from bach_jax import voice_leading as vl
 from bach_jax.models import family
@@ -197,9 +199,9 @@ def test_samples_under_hard_rules_break_none_as_the_metric_counts(num_voices):
 def test_every_rule_off_samples_bit_identically():
   config = _config(num_voices=4)
   params = _params(config, _batch(np.random.default_rng(6), 1, 3), scale=0.8)
-  old = _config(num_voices=4)  # A run's config from before the option existed.
-  del old.sample['rules'], old.sample['rule_penalty']
-  a = _sample(old, params, seed=3)
+  old = _config(num_voices=4)  # A run's config from before the option existed,
+  del old.sample['rules'], old.sample['rule_penalty']  # its defaults filled as every
+  a = _sample(config_base.fill_defaults(old), params, seed=3)  # load path fills them.
   b = _sample(config, params, seed=3)  # rules = '' (the default).
   assert set(b) == {'roll', 'voices'}
   for k in a:
@@ -264,7 +266,7 @@ def test_families_without_slot_heads_refuse_the_option():
     assert 'config.sample.rules' in message and '\n' not in message
   family.check_rules(lstm, '')  # Off: nothing to refuse.
   with pytest.raises(config_base.ConfigError, match='config.sample.rules'):
-    train.setup(load_config('lstm', 'test', **{'sample.rules': 'parallels'}))
+    experiment.setup(load_config('lstm', 'test', **{'sample.rules': 'parallels'}))
 
 
 @pytest.mark.parametrize('rule_names,penalty,key', [
@@ -280,7 +282,7 @@ def test_invalid_rule_options_name_the_key(rule_names, penalty, key):
 def test_old_run_configs_get_the_rule_options_and_the_cli_takes_them(tmp_path, cache_dir):
   config = load_config('lstm_attn', 'test')
   del config.sample['rules'], config.sample['rule_penalty']
-  config_base.add_missing_defaults(config)
+  config_base.fill_defaults(config)
   assert config.sample.rules == '' and np.isinf(config.sample.rule_penalty)
   assert rules.from_config(config) is None
   common = [f'--workdir={tmp_path}/w', f'--config.data.cache_dir={cache_dir}']
@@ -313,9 +315,9 @@ def test_a_trained_run_samples_scores_and_loads_under_rules_from_the_cli(trained
   assert np.isfinite(scored['frame_nll']) and scored['frame_nll'] != pytest.approx(plain)
   assert np.isfinite(scored['sample_metrics']['distance'])
   model = generate.load_model(workdir)
-  corpus = train.setup(model.config)[1]
-  primer = generate.load_primer('test:1', model.steps_per_quarter, corpus, num_steps=4)
-  melody = generate.load_primer('test:1', model.steps_per_quarter, corpus).voices[:12, 0]
+  corpus = experiment.setup(model.config).corpus
+  primer = pieces_lib.load_piece('test:1', model.steps_per_quarter, corpus, num_steps=4)
+  melody = pieces_lib.load_piece('test:1', model.steps_per_quarter, corpus).voices[:12, 0]
   pieces = model.sample(num_pieces=2, seed=3, rules='parallels', primer=primer, melody=melody)
   for piece in pieces:
     assert piece.voices.shape == (12, 4)

@@ -12,8 +12,11 @@ import pytest
 
 from bach_jax import checkpoints
 from bach_jax import config_base
+from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import metric_writers
+from bach_jax import parallel
+from bach_jax import pieces as pieces_lib
 from bach_jax import train
 from bach_jax.data import pipeline
 from bach_jax.models import lstm
@@ -121,7 +124,7 @@ def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path, cache_dir, monke
 
 def test_restore_then_sample_equals_before_save(tmp_path, cache_dir):
   config = tiny(cache_dir)
-  batch = train.example_batch(config, None)
+  batch = experiment.example_batch(config, None)
   state = lstm.init(config, jax.random.key(3), batch)
   workdir = str(tmp_path / 'ckpt')
   checkpoints.write_config(workdir, config)
@@ -151,8 +154,8 @@ def test_ema_run_evaluates_and_serves_the_average(tmp_path, cache_dir):
   assert all(r['valid/frame_nll'] != r['valid/frame_nll_raw'] for r in evals)
   ckpt = checkpoints.Checkpointer(workdir)
   try:
-    state, _, _ = ckpt.restore(train.abstract_state(lstm, config, train.parallel.make_mesh(),
-                                                    None), best=True)
+    state, _, _ = ckpt.restore(experiment.abstract_state(
+        lstm, config, None, parallel.replicated(parallel.make_mesh())), best=True)
   finally:
     ckpt.close()
   served = generate.load_model(workdir).params
@@ -210,4 +213,4 @@ def test_cli_harmonizes_a_melody_with_the_voiceless_baseline(trained, tmp_path, 
   assert len(paths) == 2
   for path in paths:
     sampled = generate.pianoroll.from_midi(path, steps_per_quarter=4)
-    np.testing.assert_array_equal(generate.soprano_line(sampled)[:len(melody)], melody)
+    np.testing.assert_array_equal(pieces_lib.soprano_line(sampled)[:len(melody)], melody)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import train
 from bach_jax.data import pipeline
@@ -44,7 +45,7 @@ def _batch(rng, b, t, lengths=None):
 @functools.lru_cache(maxsize=None)
 def _params(**overrides):
   config = _config(**dict(overrides))
-  state = vae.init(config, jax.random.key(0), train.example_batch(config, 4))
+  state = vae.init(config, jax.random.key(0), experiment.example_batch(config, 4))
   return state.params
 
 
@@ -83,7 +84,7 @@ def test_trained_run_bound_is_finite_iwae_tighter_and_units_active(trained):
 
 
 def _test_pieces(model):
-  _, corpus, _ = train.setup(model.config)
+  corpus = experiment.setup(model.config).corpus
   return corpus.splits['test']
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bach_jax import experiment
 from bach_jax import train
 from bach_jax.models import codebook as vq
 from bach_jax.models import vqvae
@@ -97,7 +98,7 @@ def test_perplexity_of_code_usage():
 @pytest.mark.parametrize('encoder', ['bilstm', 'conv'])
 def test_padding_never_changes_the_codes_or_the_sums(encoder):
   config = _config(**{'model.encoder': encoder})
-  state = vqvae.init(config, jax.random.key(0), train.example_batch(config, 4))
+  state = vqvae.init(config, jax.random.key(0), experiment.example_batch(config, 4))
   short = _batch(np.random.default_rng(1), 3, 33, lengths=[32, 21, 6])
   garbage = _batch(np.random.default_rng(2), 3, 33)
   noisy = dict(short)
@@ -117,7 +118,7 @@ def test_padding_never_changes_the_codes_or_the_sums(encoder):
 def test_prior_nll_equals_its_step_by_step_conditionals():
   config = load_config('vqvae_prior', 'test')
   config.model.vqvae = _config().model
-  state = vqvae_prior.init(config, jax.random.key(0), train.example_batch(config, 4))
+  state = vqvae_prior.init(config, jax.random.key(0), experiment.example_batch(config, 4))
   params = jax.tree.map(lambda p: p * 3.0, state.params)  # Sharper than at init.
   patterns = config.model.vqvae.segment_steps // config.model.vqvae.pattern_steps
   codes = jax.random.randint(jax.random.key(1), (3, 2, patterns), 0,

@@ -14,13 +14,18 @@ RUN_OVERRIDES = {'train.num_steps': RUN_STEPS, 'train.log_every': 4, 'train.eval
                  'train.checkpoint_every': 8, 'train.num_final_samples': 1}
 
 
-def load_config(name, arg='test', **overrides):
-  """configs/<name>.py get_config(arg), with dotted-key overrides ('train.num_steps': 10)."""
+def load_config_module(name):
+  """configs/<name>.py as a module (get_config, VARIANTS)."""
   path = os.path.join(REPO, 'configs', f'{name}.py')
   spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  return module
+
+
+def load_config(name, arg='test', **overrides):
+  """configs/<name>.py get_config(arg), with dotted-key overrides ('train.num_steps': 10)."""
+  config = load_config_module(name).get_config(arg)
   for key, value in overrides.items():
     *path_, leaf = key.split('.')
     node = config

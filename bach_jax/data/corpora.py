@@ -64,14 +64,13 @@ from bach_jax.data import pianoroll
 from bach_jax.data import splits as splits_lib
 from bach_jax.data.pianoroll import SATB, MidiError, PianoRoll, satb_indices
 from bach_jax.data.splits import split_of
+from bach_jax.errors import CorpusError
 
 SPLITS = cache.SPLITS
 FORMAT_VERSION = 4  # Bump when the prepared pieces or the cache layout change.
 TINY_SPLIT = 5  # A split with fewer pieces gets a warning: its figures are noise.
 
 
-class CorpusError(ValueError):
-  """A source cannot be prepared (missing path, no usable piece...)."""
 
 
 @dataclasses.dataclass

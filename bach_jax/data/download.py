@@ -20,6 +20,7 @@ import urllib.request
 from typing import Optional
 
 from bach_jax.data import cache
+from bach_jax.errors import DownloadError
 
 BASE_URL = 'https://raw.githubusercontent.com/czhuang/JSB-Chorales-dataset/master/'
 QUARTER = 'jsb-chorales-quarter.json'
@@ -36,8 +37,6 @@ TIMEOUT_S = 60.0
 _CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
-  """A file cannot be fetched or is not the expected one; the message is one line."""
 
 
 def data_dir() -> str:

@@ -22,13 +22,13 @@ from typing import Union
 import mido
 import pretty_midi
 
+from bach_jax.errors import MidiError
+
 MAX_QUARTERS = 30_000  # Longer files are refused (4h10 at 120 qpm; no real piece is).
 # pretty_midi >= 0.2.11 takes a parsed mido.MidiFile; older ones get its bytes again.
 _TAKES_MIDO = 'mido_object' in inspect.signature(pretty_midi.PrettyMIDI.__init__).parameters
 
 
-class MidiError(ValueError):
-  """A file cannot become a PianoRoll; the message is the reason."""
 
 
 def _corrupt(e: Exception) -> MidiError:

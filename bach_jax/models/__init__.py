@@ -9,7 +9,7 @@ runs every registered family).
 
 import importlib
 
-from bach_jax.config_base import ConfigError
+from bach_jax.errors import ConfigError
 from bach_jax.models import family as family_lib
 
 REGISTRY = {
@@ -27,3 +27,13 @@ def get_family(name):
   if name not in REGISTRY:
     raise ConfigError(f'config.model.name: unknown model {name!r}; known: {sorted(REGISTRY)}')
   return family_lib.check_family(name, importlib.import_module(REGISTRY[name]))
+
+
+def fill_model_defaults(config):
+  """Adds the config.model keys the family declares in MODEL_DEFAULTS that `config`
+  lacks (a run's config.json written before they existed). Returns config."""
+  family = get_family(config.model.name)
+  for key, value in getattr(family, 'MODEL_DEFAULTS', {}).items():
+    if key not in config.model:
+      config.model[key] = value
+  return config

@@ -22,6 +22,12 @@ class TrainState:
     """The params to evaluate, sample and keep as "best": the average if there is one."""
     return self.params if self.ema_params is None else self.ema_params
 
+  def with_params(self, params):
+    """The state with new params (e.g. another run's, to fine-tune); where a moving
+    average is kept, it restarts from them. Step and optimizer state unchanged."""
+    ema = None if self.ema_params is None else jax.tree.map(jnp.copy, params)
+    return self.replace(params=params, ema_params=ema)
+
 
 def make_optimizer(train_config):
   """Adam(W) with warmup, optional cosine decay and global-norm clipping."""
@@ -45,7 +51,7 @@ def make_optimizer(train_config):
     chain.append(optax.clip_by_global_norm(t.grad_clip_norm))
   chain.append(optax.adamw(schedule, weight_decay=t.weight_decay))
   tx = optax.chain(*chain)
-  frozen = [k for k in str(t.get('frozen', '')).split(',') if k]
+  frozen = [k for k in str(t.frozen).split(',') if k]
   if not frozen:
     return tx
   # train.frozen: those top-level params get no update and no optimizer state.
@@ -55,7 +61,7 @@ def make_optimizer(train_config):
 
 def create_state(params, train_config, model_state=None):
   tx = make_optimizer(train_config)
-  ema = jax.tree.map(jnp.copy, params) if train_config.get('ema_decay', 0.0) else None
+  ema = jax.tree.map(jnp.copy, params) if train_config.ema_decay else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=ema, model_state=model_state)
 

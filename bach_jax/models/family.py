@@ -1,9 +1,9 @@
-"""The family contract: what train.py, evaluate.py and generate.py rely on.
+"""The family contract: everything the runtime relies on, and all a new family must meet.
 
 A model family is one module, registered by name in `models/__init__.py`. The
-trainer, the evaluator and the sampler call only the functions below and read
-only `CAPABILITIES`; they never test a family by name. A family that lacks one
-of the functions is refused when it is looked up (`check_family`), and
+trainer, the evaluator, the sampler and the report call only the functions below
+and read only `CAPABILITIES`; they never test a family by name. A family that
+lacks one of the functions is refused when it is looked up (`check_family`), and
 tests/test_family_contract.py runs every registered family through the same
 checks, so a new family is tested the day it is registered.
 
@@ -12,11 +12,7 @@ Functions (all pure; `config` is the run's ConfigDict, bound with partial):
   validate(config)                          ConfigError naming a bad config.model key
   check_corpus(config, corpus)              resolve / check corpus-dependent keys (voices,
                                             pitch range); may fill in config.model values
-  init(config, rng, example_batch)          -> state: a pytree with `.step` (int32 scalar),
-                                            `.params` (counted in the log) and
-                                            `.eval_params()` (what evaluation, the best
-                                            checkpoint and sampling use); common.TrainState
-                                            fits every family so far
+  init(config, rng, example_batch)          -> state (see "The state" below)
   train_step(config, state, batch, rng)     -> (state, metrics: dict of scalars, 'loss'
                                             first); jitted with the state donated
   eval_step(config, params, batch, rng)     -> dict of sums over the batch, additive over
@@ -32,7 +28,7 @@ Functions (all pure; `config` is the run's ConfigDict, bound with partial):
 
 A family with CAPABILITIES.rules applies config.sample.rules (the voice-leading rules
 of models/rules.py) in sample() and scores under them in eval_step; the others are
-refused by `check_rules` wherever the option is set (train.setup, generate).
+refused by `check_rules` wherever the option is set (setup, generate).
 
 Latent families (CAPABILITIES.latent) also provide
   encode(config, params, batch, rng)        -> {'z': [B, n, ...] the latent of each segment of
@@ -43,11 +39,41 @@ Latent families (CAPABILITIES.latent) also provide
   interpolate_latents(config, a, b, num_points)
                                             -> [num_points, n, ...] from z of piece a to b
                                             (NumPy; the VAE: spherical interpolation)
+
+The state. init() returns a flax.struct pytree with `.step` (int32 scalar),
+`.params` (counted in the log) and `.eval_params()`: what evaluation, the best
+checkpoint, sampling, load_model and fine-tuning use (the moving average where
+train.ema_decay keeps one). Nothing outside the family reads a field of it but
+those three: a checkpoint is restored into the family's own abstract state
+(jax.eval_shape of init), never read as a raw dict. `common.create_state` /
+`common.TrainState` give every family so far its state (EMA, frozen params,
+`model_state` for what a family updates outside the optimizer); fine-tuning
+(train.init_from) also sets `params`, `ema_params` and `model_state` of a
+TrainState, so a family with another state type does not fine-tune.
+
+Optional attribute: MODEL_DEFAULTS, {key: value} of config.model keys added after
+runs were written, with the value those runs trained with; an older config.json
+gets them (models.fill_model_defaults), so the family reads every key directly.
+
+The config. configs/<name>.py: `get_config(arg='')` starting from
+`config_base.base_config()`, setting `model.name` (the registry key), commenting
+every new key, with `VARIANTS` (a tuple of its variants, checked by
+`config_base.check_variant`) holding `'test'`: tiny, a few seconds of CPU
+(`config_base.test_training` sets its training block). `model.dtype` ('float32'
+or 'bfloat16') sets the matmul inputs of every layer: build dense layers with
+`layers.dense(features, dtype)`, attention with `layers.einsum`, LSTMs with
+`layers.LSTMStack` (tests/test_bf16.py checks that 80% of the step's matmuls
+follow it).
 """
 
 import dataclasses
+import functools
+import json
 
-from bach_jax.config_base import ConfigError
+import jax
+import ml_collections
+
+from bach_jax.errors import ConfigError
 
 LIKELIHOODS = ('exact', 'bound', 'none')
 
@@ -113,11 +139,28 @@ def check_family(name, module):
   return module
 
 
+def name_of(module):
+  """A family module's registry name (its module name), for messages."""
+  return module.__name__.rsplit('.', 1)[-1]
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted(module, fn_name, config_json):
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  return jax.jit(functools.partial(getattr(module, fn_name), config))
+
+
+def jitted(module, fn_name, config):
+  """jit(module.<fn_name>) with `config` bound: one compiled function per (family,
+  function, config), kept for the process (the config's JSON is the cache key)."""
+  return _jitted(module, fn_name, config.to_json())
+
+
 def check_rules(module, rules):
   """ConfigError naming config.sample.rules when `rules` (its value) is set and the
   family cannot apply voice-leading rules (CAPABILITIES.rules)."""
   if str(rules or '').strip(',').strip() and not module.CAPABILITIES.rules:
-    name = module.__name__.rsplit('.', 1)[-1]
+    name = name_of(module)
     raise ConfigError(f'config.sample.rules={rules!r}: the {name} family does not apply '
                       'voice-leading rules (its sampler has no slot heads choosing a '
                       "frame's voices one by one under them); leave config.sample.rules empty")

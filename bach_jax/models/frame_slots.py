@@ -11,7 +11,7 @@ exactly one path (see lstm_attn.py's docstring).
 import jax
 import jax.numpy as jnp
 
-from bach_jax import config_base
+from bach_jax.errors import ConfigError
 
 NUM_KEYS = 88
 LOWEST_PITCH = 21
@@ -41,7 +41,7 @@ def _info(config, batch=None, params=None):
   elif n < 0 and params is not None:
     n = params['in_embed'].shape[0] if 'in_embed' in params else 0
   elif n < 0:
-    raise config_base.ConfigError('config.model.num_voices: unresolved (-1); run check_corpus')
+    raise ConfigError('config.model.num_voices: unresolved (-1); run check_corpus')
   return _Info(config, n)
 
 

@@ -1,6 +1,6 @@
 """The GAN family's config checks and evaluation summary (models/gan.py holds the model)."""
 
-from bach_jax import config_base
+from bach_jax.errors import ConfigError
 from bach_jax.models import heads
 
 _ENUMS = {
@@ -28,8 +28,8 @@ def validate(config):
   t = config.train
   for key, neutral in (('ema_decay', 0.0), ('weight_decay', 0.0), ('grad_clip_norm', 0.0),
                        ('warmup_steps', 0), ('lr_schedule', 'constant'), ('frozen', '')):
-    if t.get(key, neutral) != neutral:
-      raise config_base.ConfigError(
+    if t[key] != neutral:
+      raise ConfigError(
           f'config.train.{key}={t[key]!r}: not used by the gan family (its two optimizers '
           f'are set by model.objective); set it to {neutral!r}')
 
@@ -37,7 +37,7 @@ def validate(config):
 def check_corpus(config, corpus):
   """Four tracks are the corpus's S, A, T, B: it must have exactly 4 voices."""
   if config.model.tracks == 4 and corpus.num_voices != 4:
-    raise config_base.ConfigError(
+    raise ConfigError(
         f'config.model.tracks=4 needs a corpus with 4 voices; data.source='
         f'{config.data.source!r} has {corpus.num_voices}')
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bach_jax import config_base
+from bach_jax.errors import ConfigError
 from bach_jax.models import common
 from bach_jax.models import layers
 from bach_jax.models.frame_slots import (LOWEST_PITCH, NUM_KEYS, _mask_logits,
@@ -30,7 +30,7 @@ from bach_jax.models.frame_slots import (LOWEST_PITCH, NUM_KEYS, _mask_logits,
 def require(ok, key, message):
   """ConfigError 'config.model.KEY: message' unless ok."""
   if not ok:
-    raise config_base.ConfigError(f'config.model.{key}: {message}')
+    raise ConfigError(f'config.model.{key}: {message}')
 
 
 def validate(config):
@@ -56,7 +56,7 @@ def check_corpus(config, corpus):
   if m.num_voices == -1:
     m.num_voices = int(corpus.num_voices or 0)
   if m.num_voices and m.num_voices != corpus.num_voices:
-    raise config_base.ConfigError(
+    raise ConfigError(
         f'config.model.num_voices={m.num_voices} but data.source={config.data.source!r} has '
         f'{corpus.num_voices} voices (use -1 to follow the corpus, 0 for set mode)')
   aug = int(config.data.augment_transpose)
@@ -69,11 +69,11 @@ def check_corpus(config, corpus):
         if keys.size:
           lo, hi = min(lo, int(keys[0]) + LOWEST_PITCH), max(hi, int(keys[-1]) + LOWEST_PITCH)
   if hi >= 0 and (lo - aug < m.min_pitch or hi + aug > m.max_pitch):
-    raise config_base.ConfigError(
+    raise ConfigError(
         f'config.model.min_pitch/max_pitch: {m.min_pitch}..{m.max_pitch} does not cover the '
         f'corpus pitches {lo}..{hi} (+-{aug} of data.augment_transpose)')
   if not m.num_voices and most > m.max_notes:
-    raise config_base.ConfigError(
+    raise ConfigError(
         f'config.model.max_notes={m.max_notes}: a frame of data.source={config.data.source!r} '
         f'has {most} notes; set model.max_notes >= {most}')
 

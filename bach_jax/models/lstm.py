@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bach_jax.config_base import ConfigError
+from bach_jax.errors import ConfigError
 from bach_jax.data.pianoroll import LOWEST_PITCH, NUM_KEYS
 from bach_jax.models import common
 from bach_jax.models import family
@@ -18,6 +18,8 @@ from bach_jax.models.layers import LSTMStack
 
 CAPABILITIES = family.Capabilities(likelihood='exact', select_by='frame_nll', primer=True,
                                    melody=True)
+# Keys added after runs were written, with the values those runs trained with.
+MODEL_DEFAULTS = {'input_dropout_rate': 0.0, 'weight_dropout_rate': 0.0}
 
 
 class NextFrameLSTM(nn.Module):
@@ -46,8 +48,8 @@ def validate(config):
   m = config.model
   for key, ok in (('hidden_size', m.hidden_size >= 1), ('num_layers', m.num_layers >= 1),
                   ('dropout_rate', 0.0 <= m.dropout_rate < 1.0),
-                  ('input_dropout_rate', 0.0 <= m.get('input_dropout_rate', 0.0) < 1.0),
-                  ('weight_dropout_rate', 0.0 <= m.get('weight_dropout_rate', 0.0) < 1.0),
+                  ('input_dropout_rate', 0.0 <= m.input_dropout_rate < 1.0),
+                  ('weight_dropout_rate', 0.0 <= m.weight_dropout_rate < 1.0),
                   ('dtype', m.dtype in ('float32', 'bfloat16'))):
     if not ok:
       raise ConfigError(f'config.model.{key}: invalid value {m[key]!r}')
@@ -61,7 +63,7 @@ def check_corpus(config, corpus):
 def make_model(config):
   m = config.model
   return NextFrameLSTM(m.hidden_size, m.num_layers, m.dropout_rate, jnp.dtype(m.dtype),
-                       m.get('input_dropout_rate', 0.0), m.get('weight_dropout_rate', 0.0))
+                       m.input_dropout_rate, m.weight_dropout_rate)
 
 
 def init(config, rng, example_batch):

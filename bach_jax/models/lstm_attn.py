@@ -44,7 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bach_jax import config_base
+from bach_jax.errors import ConfigError
 from bach_jax.models import common
 from bach_jax.models import family
 from bach_jax.models import heads
@@ -57,6 +57,8 @@ from bach_jax.models.layers import LSTMStack
 
 CAPABILITIES = family.Capabilities(likelihood='exact', select_by='frame_nll', primer=True,
                                    melody=True, voices=True, rules=True)
+# Keys added after runs were written, with the values those runs trained with.
+MODEL_DEFAULTS = {'weight_dropout_rate': 0.0}
 
 
 # ----------------------------------------------------------------- config
@@ -68,7 +70,7 @@ def validate(config):
   _require = heads.require
   _require(m.hidden_size > 0 and m.num_layers > 0, 'hidden_size', 'and num_layers must be > 0')
   _require(0 <= m.dropout_rate < 1, 'dropout_rate', 'must be in [0, 1)')
-  _require(0 <= m.get('weight_dropout_rate', 0.0) < 1, 'weight_dropout_rate', 'must be in [0, 1)')
+  _require(0 <= m.weight_dropout_rate < 1, 'weight_dropout_rate', 'must be in [0, 1)')
   _require(m.dtype in ('float32', 'bfloat16'), 'dtype', f"must be 'float32' or 'bfloat16', "
            f'got {m.dtype!r}')
   dim = m.attn_dim or m.hidden_size
@@ -176,7 +178,7 @@ def make_model(config, info):
       info.num_classes, info.num_slots, info.num_voices, m.hidden_size, m.num_layers,
       m.dropout_rate, m.attention, m.attn_heads, m.attn_dim, m.attn_window, m.attn_rel_bias,
       m.attn_max_distance, m.embed_dim, m.head_hidden, m.heads == 'autoregressive',
-      jnp.dtype(m.dtype), m.get('weight_dropout_rate', 0.0))
+      jnp.dtype(m.dtype), m.weight_dropout_rate)
 
 
 # --------------------------------------------------------- family surface
@@ -333,7 +335,7 @@ def sample(config, params, rng, request):
     forced = jnp.concatenate([frame_slots(info, primer, pv), forced], axis=1)
   if request.melody is not None:
     if not info.num_voices and not info.soprano_first:
-      raise config_base.ConfigError("config.model.voice_order: harmonization in set mode needs "
+      raise ConfigError("config.model.voice_order: harmonization in set mode needs "
                                     "'soprano_first' (the melody is the first slot)")
     mel = jnp.asarray(request.melody, jnp.int32)[:, :total]
     mel = jnp.where(mel < 0, info.num_keys, jnp.clip(mel - info.lo, 0, info.num_keys - 1))

@@ -37,62 +37,14 @@ the upper (soprano_first) or lower (bass_first) voices of a 4-voice frame, and
 slots beyond the fourth are free.
 """
 
-import dataclasses
-import math
-
 import jax.numpy as jnp
 
-from bach_jax import config_base
 from bach_jax import voice_leading as vl
+from bach_jax.errors import ConfigError
+from bach_jax.voice_leading import RuleSet, parse_rules as parse, rules_from_config as from_config  # pylint: disable=unused-import
 from bach_jax.models.frame_slots import NEG, structural_mask
 
 _BIG = 1 << 20  # More violations than any class can have.
-
-
-@dataclasses.dataclass(frozen=True)
-class RuleSet:
-  """Rules to apply (names of voice_leading.RULES) and the penalty per violation
-  (nats; inf = hard). Hashable: it is part of the compiled sampler."""
-  names: tuple
-  penalty: float
-
-  @property
-  def hard(self):
-    return math.isinf(self.penalty)
-
-  def describe(self):
-    return f'{",".join(self.names)} ({"hard" if self.hard else f"{self.penalty:g} nats"})'
-
-
-def parse(rules, penalty):
-  """config.sample.rules / rule_penalty values -> RuleSet, or None for '' (off).
-
-  ConfigError naming the key for an unknown rule or a penalty that is not > 0.
-  """
-  names = [r.strip() for r in str(rules or '').split(',') if r.strip()]
-  if not names:
-    return None
-  if 'all' in names:
-    names = list(vl.RULES)
-  unknown = [r for r in names if r not in vl.RULES]
-  if unknown:
-    raise config_base.ConfigError(
-        f'config.sample.rules: unknown rule {unknown[0]!r} (known: {", ".join(vl.RULES)}, all)')
-  try:
-    penalty = float(penalty)
-  except (TypeError, ValueError):
-    penalty = float('nan')
-  if not penalty > 0:
-    raise config_base.ConfigError(
-        f'config.sample.rule_penalty: must be > 0 (nats per violation) or inf (hard), '
-        f'got {penalty!r}')
-  return RuleSet(tuple(r for r in vl.RULES if r in names), penalty)
-
-
-def from_config(config):
-  """The RuleSet of config.sample (None when rules are off)."""
-  s = config.sample
-  return parse(s.get('rules', ''), s.get('rule_penalty', float('inf')))
 
 
 def for_scoring(config):
@@ -100,7 +52,7 @@ def for_scoring(config):
   under hard rules a held-out frame that breaks one has probability 0)."""
   rules = from_config(config)
   if rules is not None and rules.hard:
-    raise config_base.ConfigError(
+    raise ConfigError(
         'config.sample.rule_penalty: inf (hard rules) gives a held-out frame that breaks a '
         'rule probability 0 (an infinite NLL); score with a finite penalty, e.g. 3')
   return rules
@@ -109,7 +61,7 @@ def for_scoring(config):
 def check_layout(info):
   """ConfigError unless the heads' frames can be read as 4 voices (see the docstring)."""
   if info.num_voices and info.num_voices != vl.NUM_VOICES:
-    raise config_base.ConfigError(
+    raise ConfigError(
         f'config.sample.rules: the voice-leading rules need {vl.NUM_VOICES} voices (S, A, T, '
         f'B) or set mode; this model has {info.num_voices} voices')
 
