@@ -323,17 +323,9 @@ def define_flags():
                       'config.data.cache_dir).')
 
 
-def _quiet_orbax(record):
-  """A logging filter: Orbax's own lines (e.g. read-only checkpoint managers) are left out,
-  as in bach_jax.main; --verbosity shows them."""
-  return 'orbax' not in record.pathname or record.levelno >= 50  # CRITICAL
-
-
 def main(argv):
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
-  if not any(a.startswith(('--verbosity', '-v=')) for a in sys.argv):
-    logging.set_verbosity(logging.WARNING)
-    logging.get_absl_logger().addFilter(_quiet_orbax)
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  errors.quiet_library_logs()
   f = flags.FLAGS
   with errors.one_line_errors(interrupted='interrupted by Ctrl-C: no report written'):
     if len(argv) < 2:

@@ -12,6 +12,7 @@ runtime) raises these.
 """
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -112,3 +113,35 @@ def one_line_errors(interrupted=INTERRUPTED):
     fail(f'{e.filename or "?"}: {describe_os_error(e)}', EXIT_WRITE_FAILED)
   except KeyboardInterrupt:
     fail(interrupted, EXIT_FORCED)
+
+
+def _from_orbax(record):
+  """Whether a log record is about an Orbax task (its message or traceback)."""
+  if '/orbax/' in record.getMessage():
+    return True
+  tb = record.exc_info[1].__traceback__ if record.exc_info and record.exc_info[1] else None
+  while tb is not None:
+    if '/orbax/' in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _quiet_orbax(record):
+  """A logging filter: Orbax's own log lines (a save logs at INFO, a failed one dozens),
+  and asyncio's 'exception was never retrieved' for its tasks, are left out; the errors
+  they describe are reported in one line."""
+  if record.name == 'asyncio':
+    return not _from_orbax(record)
+  return 'orbax' not in record.pathname or record.levelno >= logging.CRITICAL
+
+
+def quiet_library_logs():
+  """An entry point's log: absl at WARNING without Orbax's lines (--verbosity, or -v=,
+  on the command line shows everything)."""
+  if any(a.startswith(('--verbosity', '-v=')) for a in sys.argv):
+    return
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  absl_logging.get_absl_logger().addFilter(_quiet_orbax)
+  logging.getLogger('asyncio').addFilter(_quiet_orbax)

@@ -22,13 +22,11 @@ resume); 130 Ctrl-C in sample / evaluate, or a second one while training stops
 
 import difflib
 import json
-import logging as std_logging
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from bach_jax import errors
@@ -175,35 +173,10 @@ def parse_flags(argv):
     _fail(_flag_error_line(e, argv))
 
 
-def _from_orbax(record):
-  """Whether an asyncio log record is about an Orbax task (its message or traceback)."""
-  if '/orbax/' in record.getMessage():
-    return True
-  tb = record.exc_info[1].__traceback__ if record.exc_info and record.exc_info[1] else None
-  while tb is not None:
-    if '/orbax/' in tb.tb_frame.f_code.co_filename:
-      return True
-    tb = tb.tb_next
-  return False
-
-
-def _quiet_orbax(record):
-  """A logging filter: Orbax's own log lines (a failed save logs dozens), and asyncio's
-  'exception was never retrieved' for its tasks, are left out; the errors they describe
-  are reported in one line. --verbosity shows them."""
-  if record.name == 'asyncio':
-    return not _from_orbax(record)
-  return 'orbax' not in record.pathname or record.levelno >= 50  # CRITICAL
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not any(a.startswith(('--verbosity', '-v=')) for a in sys.argv):
-    # Orbax logs every save at INFO; progress lines are printed, so keep the log quiet.
-    logging.set_verbosity(logging.WARNING)
-    logging.get_absl_logger().addFilter(_quiet_orbax)
-    std_logging.getLogger('asyncio').addFilter(_quiet_orbax)
+  errors.quiet_library_logs()
   with errors.one_line_errors():
     from bach_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.maybe_initialize_distributed()
