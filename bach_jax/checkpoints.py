@@ -162,7 +162,7 @@ class Checkpointer:
   created, deleted or read beyond the step directories asked for).
   """
 
-  def __init__(self, workdir, keep=3, read_only=False, warn=_warn_stderr):
+  def __init__(self, workdir, keep=3, read_only=False, warn=_warn_stderr, keep_steps=()):
     self.workdir = workdir_lib.as_path(workdir)
     self.read_only = read_only
     self.latest = self.best = None
@@ -171,8 +171,11 @@ class Checkpointer:
     if read_only:
       return
     options = lambda **kw: ocp.CheckpointManagerOptions(create=True, **kw)
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [ocp.checkpoint_managers.LatestN(keep)]
+        + ([ocp.checkpoint_managers.CustomSteps(list(keep_steps))] if keep_steps else []))
     self.latest = ocp.CheckpointManager(self.workdir / 'checkpoints',
-                                        options=options(max_to_keep=keep))
+                                        options=options(preservation_policy=policy))
     self._set_aside_unscored(warn)
     self.best = ocp.CheckpointManager(
         self.workdir / 'best', options=options(max_to_keep=1, best_fn=_score, best_mode='min'))

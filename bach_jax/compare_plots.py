@@ -113,3 +113,37 @@ def write_plots(out, report, first_samples, real_piece, steps_per_quarter):
                                list(first_samples) + [real_piece], titles, steps_per_quarter)
   files.append('rolls.png')
   return files
+
+
+def plot_study(folder, report):
+  """study_budget.png: distance to Bach (left) and the test likelihood (right, where a
+  family has one: solid exact, dashed bound) against training frames, a line per family
+  with its 95% band; the noise floor as a gray band. -> the file name."""
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+  budget = report['preset']['budget']
+  noise = report['noise_floor']['distance']
+  left.axhspan(noise[1], noise[2], color=BAND_COLOR, alpha=0.25,
+               label='Bach valid vs test (noise floor)')
+  for i, family in enumerate(report['ranking']):
+    by = report['points'][family]
+    fracs = sorted(by, key=float)
+    x = [float(f) * budget for f in fracs]
+    color = f'C{i}'
+    for ax, key in ((left, 'distance'), (right, 'likelihood')):
+      ys = [by[f].get(key) for f in fracs]
+      if any(y is None for y in ys):
+        continue
+      mean, low, high = (np.array([_value(y[j]) for y in ys]) for j in range(3))
+      style = '--' if key == 'likelihood' and by[fracs[-1]].get('likelihood_kind') == 'bound' else '-'
+      ax.plot(x, mean, style, marker='o', color=color, label=family)
+      ax.fill_between(x, low, high, color=color, alpha=0.2)
+  for ax, title in ((left, 'distance of samples to Bach (lower is closer)'),
+                    (right, 'test NLL, nats/frame (solid exact, dashed bound)')):
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('training frames')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  plotting.savefig(fig, os.path.join(folder, 'study_budget.png'))
+  return 'study_budget.png'

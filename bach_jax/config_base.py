@@ -65,6 +65,8 @@ def base_config():
   train.checkpoint_every = 500  # Steps between checkpoints.
   train.keep_checkpoints = 3  # Latest N kept, plus the best by the family's selection metric
   #   on valid (its frame NLL, a bound on it, or its samples' metric distance).
+  train.keep_steps = ''  # Comma-separated steps whose checkpoints are saved and kept whatever
+  #   keep_checkpoints says (e.g. a study's budgets: '250,500,1000').
   train.eval_batch_size = 32  # Whole pieces per eval batch.
   train.eval_split = 'valid'  # Split evaluated during training (the best checkpoint: valid).
   train.num_final_samples = 4  # Pieces written to samples/ at the end (0 = none).
@@ -143,6 +145,14 @@ def check_variant(config_file, arg, variants):
                      f'(known: {", ".join(variants)})')
 
 
+def keep_steps(config):
+  """train.keep_steps as a sorted tuple of ints (ValueError when malformed)."""
+  steps = tuple(sorted(int(x) for x in str(config.train.keep_steps).split(',') if x.strip()))
+  if any(s < 1 for s in steps):
+    raise ValueError(steps)
+  return steps
+
+
 def _require(ok, key, message):
   if not ok:
     raise ConfigError(f'config.{key}: {message}')
@@ -176,6 +186,11 @@ def validate(config, device_count=1):
   _require(t.log_every > 0, 'train.log_every', 'must be > 0')
   _require(t.checkpoint_every > 0, 'train.checkpoint_every', 'must be > 0')
   _require(t.keep_checkpoints >= 1, 'train.keep_checkpoints', 'must be >= 1')
+  try:
+    keep_steps(config)
+  except ValueError:
+    _require(False, 'train.keep_steps', f"must be '' or comma-separated steps >= 1, got "
+             f'{t.keep_steps!r}')
   _require(isinstance(t.init_from, str), 'train.init_from',
            f"must be '' or a workdir ('WORKDIR' or 'WORKDIR:STEP'), got {t.init_from!r}")
   _require(t.eval_split in ('train', 'valid', 'test'), 'train.eval_split',

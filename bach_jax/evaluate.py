@@ -72,6 +72,26 @@ def evaluate_pieces(eval_fn, family, config, params, pieces, mesh, num_voices=No
   return result
 
 
+def piece_sums(family, config, params, pieces, num_voices=None, batch_size=None):
+  """eval_step's sums piece by piece -> {key: float64[P, ...]}, in the order of `pieces`:
+  each piece scored as a batch of its own (the rows of a batch vmapped), so any
+  statistic of a subset of the pieces is family.summarize of their summed sums (what
+  a bootstrap over pieces needs). One process; a latent family's sampling RNG is
+  key(config.seed + EVAL_SEED_OFFSET) folded with the batch, split per row."""
+  fn = family_lib.jitted(family, 'eval_step', config, per_row=True)
+  root = jax.random.key(config.seed + EVAL_SEED_OFFSET)
+  sums = {}
+  for i, batch in enumerate(pipeline.piece_batches(
+      pieces, batch_size=batch_size or config.train.eval_batch_size,
+      pad_start=config.data.pad_start, num_voices=num_voices)):
+    out = jax.device_get(fn(params, batch, jax.random.fold_in(root, i)))
+    for row, index in enumerate(batch['piece_index']):
+      if index >= 0:
+        for k, v in out.items():
+          sums.setdefault(k, np.zeros((len(pieces),) + np.shape(v)[1:]))[index] = v[row]
+  return sums
+
+
 def sample_distance(family, config, params, pieces):
   """The selection metric of a family without a likelihood.
 

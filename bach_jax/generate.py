@@ -249,7 +249,7 @@ class LoadedModel:
     mesh = parallel.make_mesh()
     fn = evaluate.make_eval_fn(self.family, config, mesh)
     return evaluate.evaluate_pieces(fn, self.family, config, self.params, pieces, mesh,
-                                    self._voices_for(pieces))
+                                    self.voices_for(pieces))
 
   def _config_with_rules(self, rules=None, rule_penalty=None):
     """A copy of the config with sample.rules / rule_penalty set (None: kept), checked."""
@@ -260,7 +260,7 @@ class LoadedModel:
     voice_leading.rules_from_config(config)  # ConfigError naming the key.
     return config
 
-  def _voices_for(self, pieces):
+  def voices_for(self, pieces):
     """The voice count to batch `pieces` with: the model's when every piece has those
     voices (a model that reads them gets them; others ignore them), else None.
     SampleError when the family reads voices (CAPABILITIES.voices), the run's corpus
@@ -280,7 +280,7 @@ class LoadedModel:
     """-> list (one per piece) of its latents, a row per segment: the VAE's posterior
     means float32[segments, latent_dim], the VQ-VAE's codes int32[segments, patterns]."""
     return latent_ops.encode_pieces(self.family, self.config, self.params, pieces,
-                                    self._voices_for(pieces))
+                                    self.voices_for(pieces))
 
   def decode(self, z, num_steps=None, greedy=True, temperature=1.0, seed=0):
     """Latents [N, segments, ...] (encode's, stacked) -> list of N PianoRoll, num_steps
@@ -295,7 +295,7 @@ class LoadedModel:
     """Encode, then decode greedily -> (list of PianoRoll, stats): key_accuracy,
     note_precision, note_recall, frame_accuracy over all frames; frames, pieces."""
     return latent_ops.reconstruct(self.family, self.config, self.params, pieces,
-                                  self._voices_for(pieces), voice_names(self.num_voices))
+                                  self.voices_for(pieces), voice_names(self.num_voices))
 
   def interpolate(self, piece_a, piece_b, num_points=5):
     """-> num_points PianoRoll decoded (greedily) along the path from piece_a's latents
@@ -305,7 +305,7 @@ class LoadedModel:
     a, b = (pieces_lib.load_piece(p, self.steps_per_quarter) if isinstance(p, str) else p
             for p in (piece_a, piece_b))
     return latent_ops.interpolate(self.family, self.config, self.params, a, b, num_points,
-                                  self._voices_for([a, b]), voice_names(self.num_voices))
+                                  self.voices_for([a, b]), voice_names(self.num_voices))
 
   def write(self, pieces, outdir, prefix='sample', wav=True):
     """PREFIX_i.mid (an instrument per voice), .png and .wav (wav=False, or a piece over

@@ -60,8 +60,8 @@ from bach_jax.data.pianoroll import LOWEST_PITCH, NUM_KEYS, REST, PianoRoll
 # Re-exports: callers use `metrics.<name>` for the whole toolkit.
 from bach_jax.set_compare import (  # pylint: disable=unused-import
     COLLAPSE_RATIO, DIVERSITY_FEATURES, KDE_FLOOR_FRACTION, KDE_GRID_POINTS, MAX_DISTANCES,
-    STD_FLOOR, Z_CAP, compare, diversity, diversity_ratio, is_collapsed, overlap_and_kl,
-    pair_distances, summarize)
+    STD_FLOOR, Z_CAP, compare, distance_replicates, diversity, diversity_ratio, is_collapsed,
+    overlap_and_kl, pair_distances, summarize)
 from bach_jax.voice_leading import (  # pylint: disable=unused-import
     NUM_VOICES, SOPRANO_LEAP, VOICE_LEADING_RATES, VOICE_RANGES, voice_leading,
     voice_leading_counts, voices_from_roll)

@@ -41,7 +41,7 @@ def _draw_pianoroll(ax, roll, voices, steps_per_quarter, title, voice_names):
   ax.set_title(title)
 
 
-def _savefig(fig, path):
+def savefig(fig, path):
   """Writes a figure as PNG to a path (through epath) or an open binary file; closes it."""
   try:
     if hasattr(path, 'write'):
@@ -60,7 +60,7 @@ def plot_pianoroll(path, roll, voices=None, steps_per_quarter=4, title='', voice
   _draw_pianoroll(ax, roll, voices, steps_per_quarter, title, voice_names)
   ax.set_xlabel(f'step ({steps_per_quarter} per quarter; lines every 4 quarters)')
   fig.tight_layout()
-  _savefig(fig, path)
+  savefig(fig, path)
 
 
 def plot_pianoroll_rows(path, pieces, titles, steps_per_quarter=4):
@@ -76,7 +76,7 @@ def plot_pianoroll_rows(path, pieces, titles, steps_per_quarter=4):
     ax.set_xlim(0, t)
   axes[-1, 0].set_xlabel(f'step ({steps_per_quarter} per quarter; lines every 4 quarters)')
   fig.tight_layout()
-  _savefig(fig, path)
+  savefig(fig, path)
 
 
 def plot_curves(path, records, keys):
@@ -92,4 +92,4 @@ def plot_curves(path, records, keys):
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  _savefig(fig, path)
+  savefig(fig, path)

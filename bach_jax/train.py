@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from bach_jax import checkpoints
+from bach_jax import config_base
 from bach_jax import evaluate
 from bach_jax import experiment
 from bach_jax import finetune
@@ -70,16 +71,16 @@ class _StopRequest:
 
 
 class Periodic:
-  """Whether periodic work is due after a step: every `every` steps (0: never) and at
-  `last`. Our own, not clu's periodic_actions: clu 0.0.12 imports TensorFlow with its
-  metric writers, and its first call never triggers (a resumed run whose first step
-  is the last would skip its final evaluation)."""
+  """Whether periodic work is due after a step: every `every` steps (0: never), at
+  `last` and at the steps `on`. Our own, not clu's periodic_actions: clu 0.0.12 imports
+  TensorFlow with its metric writers, and its first call never triggers (a resumed run
+  whose first step is the last would skip its final evaluation)."""
 
-  def __init__(self, every, last):
-    self.every, self.last = every, last
+  def __init__(self, every, last, on=()):
+    self.every, self.last, self.on = every, last, frozenset(on)
 
   def __call__(self, step):
-    return bool(self.every) and step % self.every == 0 or step == self.last
+    return bool(self.every) and step % self.every == 0 or step == self.last or step in self.on
 
 
 def make_train_step(family, config, mesh):
@@ -201,7 +202,8 @@ class _Run:
   def _start(self):
     """Resumes or initializes the state, then compiles the step and opens the writer."""
     self.ckpt = checkpoints.Checkpointer(self.workdir, keep=self.config.train.keep_checkpoints,
-                                         warn=self.warn)
+                                         warn=self.warn,
+                                         keep_steps=config_base.keep_steps(self.config))
     self.abstract = experiment.abstract_state(self.exp.family, self.config,
                                               self.exp.num_voices,
                                               parallel.replicated(self.exp.mesh))
@@ -256,7 +258,7 @@ class _Run:
     """Steps until train.num_steps -> None, or {'interrupted_at': step} after a stop."""
     t = self.config.train
     write_due, eval_due = Periodic(t.log_every, t.num_steps), Periodic(t.eval_every, t.num_steps)
-    save_due = Periodic(t.checkpoint_every, t.num_steps)
+    save_due = Periodic(t.checkpoint_every, t.num_steps, config_base.keep_steps(self.config))
     while self.step < t.num_steps:
       if self.stop.requested or (jax.process_count() > 1
                                  and self.ckpt.latest.reached_preemption(self.step)):

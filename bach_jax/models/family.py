@@ -144,16 +144,28 @@ def name_of(module):
   return module.__name__.rsplit('.', 1)[-1]
 
 
+def _per_row(fn):
+  """fn(params, batch, rng) applied to every row of the batch as a batch of its own (its
+  key: the row's of split(rng)) -> fn's outputs with a leading row axis."""
+  def per_row(params, batch, rng):
+    rows = jax.tree.map(lambda x: x[:, None], batch)
+    keys = jax.random.split(rng, batch['roll'].shape[0])
+    return jax.vmap(fn, in_axes=(None, 0, 0))(params, rows, keys)
+  return per_row
+
+
 @functools.lru_cache(maxsize=32)
-def _jitted(module, fn_name, config_json):
+def _jitted(module, fn_name, config_json, per_row):
   config = ml_collections.ConfigDict(json.loads(config_json))
-  return jax.jit(functools.partial(getattr(module, fn_name), config))
+  fn = functools.partial(getattr(module, fn_name), config)
+  return jax.jit(_per_row(fn) if per_row else fn)
 
 
-def jitted(module, fn_name, config):
+def jitted(module, fn_name, config, per_row=False):
   """jit(module.<fn_name>) with `config` bound: one compiled function per (family,
-  function, config), kept for the process (the config's JSON is the cache key)."""
-  return _jitted(module, fn_name, config.to_json())
+  function, config), kept for the process (the config's JSON is the cache key).
+  per_row: for eval_step, its sums for every row of a batch on its own (per piece)."""
+  return _jitted(module, fn_name, config.to_json(), per_row)
 
 
 def check_rules(module, rules):
