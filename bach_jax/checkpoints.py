@@ -51,10 +51,15 @@ def write_config(workdir, config):
   """WORKDIR/config.json, written atomically (a temporary file, then renamed)."""
   if jax.process_index() == 0:
     path = workdir_lib.as_path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
     tmp = path / 'config.json.tmp'
-    tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-    tmp.replace(path / 'config.json')
+    try:
+      with workdir_lib.writing(path / 'config.json'):
+        path.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        tmp.replace(path / 'config.json')
+    finally:
+      if tmp.exists():  # A failed write leaves the old config.json, and no half copy.
+        tmp.unlink()
 
 
 def read_config_dict(workdir):

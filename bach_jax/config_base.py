@@ -11,6 +11,7 @@ with a fallback of its own. This module imports nothing above the data layer.
 
 import ml_collections
 
+from bach_jax import audio
 from bach_jax import voice_leading
 from bach_jax.data import download
 from bach_jax.errors import ConfigError  # pylint: disable=unused-import  (re-exported)
@@ -95,8 +96,13 @@ def base_config():
   sample.split = 'test'  # Split used by --mode=evaluate and --mode=reconstruct.
   sample.interpolate = ''  # --mode=interpolate: 'A,B', each PATH.mid or 'test:INDEX' (as primer).
   sample.interpolation_points = 5  # Points from A to B, both ends included.
+  sample.resample_silent = True  # Draw a piece again when its first frame is silent (up to 8
+  #   times): samples follow the model given that a piece starts, as every real one does.
   sample.qpm = 80.0  # Tempo of written MIDI/WAV.
-  sample.write_wav = True  # Also render a .wav per piece (sine synthesis).
+  sample.write_wav = True  # Also render a .wav per piece (FluidSynth where installed, else
+  #   sine synthesis: bach_jax/audio.py).
+  sample.instrument = 'organ'  # Every voice's sound in .mid and .wav: organ, choir, strings,
+  #   piano (General MIDI programs 19, 52, 48, 0).
   sample.rules = ''  # Voice-leading rules applied when sampling (models/rules.py), comma-
   #   separated: parallels, hidden, crossing, spacing, range, or all; '' = off. Families
   #   with slot heads only (lstm_attn); --mode=evaluate then scores the constrained model.
@@ -201,4 +207,6 @@ def validate(config, device_count=1):
   _require(0 < s.top_p <= 1, 'sample.top_p', 'must be in (0, 1]')
   _require(s.top_k >= 0, 'sample.top_k', 'must be >= 0')
   _require(s.num_steps >= 1, 'sample.num_steps', 'must be >= 1')
+  _require(s.instrument in audio.INSTRUMENTS, 'sample.instrument',
+           f'must be one of {", ".join(audio.INSTRUMENTS)}, got {s.instrument!r}')
   voice_leading.rules_from_config(config)  # ConfigError naming sample.rules / rule_penalty.

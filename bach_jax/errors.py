@@ -32,6 +32,10 @@ class UserError(Exception):
   exit_code = EXIT_USER_ERROR
 
 
+class UsageError(UserError):
+  """A command line that cannot run: a missing or extra argument."""
+
+
 class ConfigError(UserError, ValueError):
   """A config value is invalid; the message names the key."""
 
@@ -99,6 +103,42 @@ def fail(message, code=EXIT_USER_ERROR):
   sys.exit(code)
 
 
+_STOP = []  # Set by a first Ctrl-C under stop_at_safe_points().
+
+
+def safe_point():
+  """Where a long command may stop: a Ctrl-C that came under stop_at_safe_points() is
+  raised here (KeyboardInterrupt), not inside whatever Python ran when it came."""
+  if _STOP:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_at_safe_points():
+  """Ctrl-C (SIGINT) for commands that only read and write files (sample, evaluate):
+  the first one stops the command at its next safe_point() (a Ctrl-C raised anywhere
+  else can land in a library's callback, e.g. JAX's garbage-collection hook, which
+  swallows it); a second one stops it at once."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handle(signum, frame):
+    if _STOP:
+      raise KeyboardInterrupt
+    _STOP.append(signum)
+
+  previous = signal.signal(signal.SIGINT, handle)
+  try:
+    yield
+    safe_point()
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    _STOP.clear()
+
+
 @contextlib.contextmanager
 def one_line_errors(interrupted=INTERRUPTED):
   """An entry point's body: a UserError (or a failed file operation, or Ctrl-C) becomes
@@ -136,12 +176,28 @@ def _quiet_orbax(record):
   return 'orbax' not in record.pathname or record.levelno >= logging.CRITICAL
 
 
+class _OurLines(logging.Formatter):
+  """bach_jax's own warnings as 'warning: ...' lines, as the rest of its messages; other
+  records keep absl's format."""
+
+  def __init__(self, other):
+    super().__init__()
+    self.other = other
+
+  def format(self, record):
+    if record.name.startswith('bach_jax'):
+      return f'{record.levelname.lower()}: {record.getMessage()}'
+    return self.other.format(record)
+
+
 def quiet_library_logs():
   """An entry point's log: absl at WARNING without Orbax's lines (--verbosity, or -v=,
-  on the command line shows everything)."""
+  on the command line shows everything), bach_jax's warnings as one 'warning:' line."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler()
+  handler.setFormatter(_OurLines(handler.python_handler.formatter or logging.Formatter()))
   if any(a.startswith(('--verbosity', '-v=')) for a in sys.argv):
     return
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   absl_logging.get_absl_logger().addFilter(_quiet_orbax)
   logging.getLogger('asyncio').addFilter(_quiet_orbax)

@@ -21,6 +21,7 @@ import time
 import jax
 import numpy as np
 
+from bach_jax import errors
 from bach_jax import metrics
 from bach_jax import parallel
 from bach_jax import pieces as pieces_lib
@@ -54,8 +55,10 @@ def evaluate_pieces(eval_fn, family, config, params, pieces, mesh, num_voices=No
       process_index=jax.process_index(), process_count=jax.process_count(),
       pad_start=config.data.pad_start, num_voices=num_voices)
   root = jax.random.key(config.seed + EVAL_SEED_OFFSET)
-  outs = [eval_fn(params, parallel.to_global(batch, mesh), jax.random.fold_in(root, i))
-          for i, batch in enumerate(batches)]
+  outs = []
+  for i, batch in enumerate(batches):
+    errors.safe_point()
+    outs.append(eval_fn(params, parallel.to_global(batch, mesh), jax.random.fold_in(root, i)))
   outs = jax.device_get(outs)
   totals = {k: np.sum([np.asarray(o[k], np.float64) for o in outs], axis=0)
             for k in (outs[0] if outs else {'frames': 0})}

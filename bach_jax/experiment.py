@@ -169,3 +169,20 @@ def restore_run(workdir, step=None, best=True, sharding=None, warn=None, expect_
                           'named above)')
   state, _, meta, path = found
   return Restored(config, family, state, meta, int(path.name), path)
+
+
+def check_fits(workdir, run_config, config, params, num_voices):
+  """CheckpointError (one line) when `config` (a run's config.json with a user's changes,
+  or another config file) does not build the model whose params the run saved: another
+  family, or another shape of a parameter. The config is resolved (experiment.setup)."""
+  if config.model.name != run_config.model.name:
+    raise CheckpointError(
+        f'{workdir} holds a {run_config.model.name} run; this config is a '
+        f'{config.model.name} config (sample or evaluate it with its own: leave --config out)')
+  family = models.get_family(config.model.name)
+  target = abstract_state(family, config, num_voices, local_sharding()).eval_params()
+  how = checkpoints.describe_mismatch(checkpoints.tree_shapes(params),
+                                      checkpoints.tree_shapes(target))
+  if how:
+    raise CheckpointError(f'{workdir}: its checkpoint does not fit this config ({how}); '
+                          "leave config.model as the run's")

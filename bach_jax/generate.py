@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from bach_jax import errors
 from bach_jax import evaluate
 from bach_jax import experiment
 from bach_jax import latent_ops
@@ -36,6 +37,7 @@ from bach_jax.models.common import SampleRequest
 
 LONG_SAMPLE_STEPS = 4096  # Requests of this many steps or more announce themselves.
 TRIAL_STEPS = 256  # The short run that estimates a long request's duration.
+SILENT_TRIES = 8  # Draws of a piece that begins with silence (config.sample.resample_silent).
 
 
 def _note(msg):
@@ -87,6 +89,9 @@ def sample(family, config, params, rng, request, num_voices=0):
     _announce(fn, config, params, rng, request, num_voices)
   t0 = time.perf_counter()
   out = jax.device_get(fn(params, rng, request))
+  errors.safe_point()
+  if config.sample.resample_silent and request.primer is None and request.melody is None:
+    out = _resample_silent_starts(fn, params, rng, request, out)
   if 'rule_fallbacks' in out:
     rules = voice_leading.rules_from_config(config)  # A note per request: models/rules.py.
     _note(f'rules {rules.describe()}: {int(np.sum(out["rule_fallbacks"]))} fallbacks (every '
@@ -99,25 +104,54 @@ def sample(family, config, params, rng, request, num_voices=0):
   return out
 
 
+def _resample_silent_starts(fn, params, rng, request, out):
+  """Pieces whose first frame is silent drawn again (up to SILENT_TRIES times), each row
+  from its own new draw: rejection sampling, so a piece follows the model's distribution
+  given that it starts with a sound, as every corpus piece does (trimmed of silence).
+  Those the tries leave silent stay, with a note."""
+  silent = ~out['roll'][:, 0].any(axis=-1)
+  for attempt in range(1, SILENT_TRIES + 1):
+    if not silent.any():
+      return out
+    again = jax.device_get(fn(params, jax.random.fold_in(rng, attempt), request))
+    take = silent & again['roll'][:, 0].any(axis=-1)
+    out = {k: np.where(take.reshape((-1,) + (1,) * (np.ndim(v) - 1)), again[k], v)
+           for k, v in out.items()}
+    silent &= ~take
+  if silent.any():
+    _note(f'{int(silent.sum())} of {request.num_pieces} pieces still begin with silence after '
+          f'{SILENT_TRIES} draws (the model rarely starts a piece: train it longer)')
+  return out
+
+
 def _announce(fn, config, params, rng, request, num_voices):
-  """The line before a long request: its size, and its duration estimated from a trial."""
+  """The line before a long request: its size, and its duration estimated from two
+  trials (TRIAL_STEPS and twice as many): the time grows as steps^p, p from their ratio
+  (1: linear, e.g. a windowed attention's ring cache; 2: attention over the whole piece)."""
   spq, qpm = config.data.steps_per_quarter, float(config.sample.qpm)
   minutes = request.num_steps / spq / qpm
   size = workdir_lib.format_bytes(output_bytes(request, num_voices))
   pieces = f'{request.num_pieces} piece' + ('s' if request.num_pieces != 1 else '')
   _note(f'sampling {pieces} x {request.num_steps:,} steps '
         f'({minutes:.0f} min of music each at {qpm:g} qpm; output {size}) in one compiled '
-        f'loop, which prints nothing until it ends; timing a {TRIAL_STEPS}-step trial...')
-  trial = dataclasses.replace(request, num_steps=TRIAL_STEPS)
+        f'loop, which prints nothing until it ends; timing trials of {TRIAL_STEPS} and '
+        f'{2 * TRIAL_STEPS} steps...')
+  seconds = [_time_trial(fn, params, rng, request, n) for n in (TRIAL_STEPS, 2 * TRIAL_STEPS)]
+  power = float(np.clip(np.log2(max(seconds[1], 1e-9) / max(seconds[0], 1e-9)), 1.0, 2.0))
+  estimate = seconds[0] * (request.num_steps / TRIAL_STEPS) ** power
+  _note(f'estimate: about {estimate:.0f} s after compiling (time grows as steps^{power:.1f})')
+
+
+def _time_trial(fn, params, rng, request, num_steps):
+  """Seconds of `request` cut to num_steps (compiled first, then timed)."""
+  trial = dataclasses.replace(request, num_steps=num_steps)
   if request.melody is not None:  # int[N, P + num_steps]: the trial's part of it.
     primer = 0 if request.primer is None else np.shape(request.primer)[1]
-    trial = dataclasses.replace(trial, melody=np.asarray(request.melody)[:, :primer + TRIAL_STEPS])
+    trial = dataclasses.replace(trial, melody=np.asarray(request.melody)[:, :primer + num_steps])
   jax.block_until_ready(fn(params, rng, trial))  # Compiles the trial's shape.
   t0 = time.perf_counter()
   jax.block_until_ready(fn(params, rng, trial))
-  per_step = (time.perf_counter() - t0) / TRIAL_STEPS
-  _note(f'estimate: about {per_step * request.num_steps:.0f} s after compiling '
-        '(longer if the model attends over the whole piece)')
+  return time.perf_counter() - t0
 
 
 def make_request(config, num_pieces=None, num_steps=None, primer=None, melody=None,
@@ -128,8 +162,9 @@ def make_request(config, num_pieces=None, num_steps=None, primer=None, melody=No
   melody: int[T] soprano pitches (REST -1) to clamp; the request then samples T steps.
   """
   s = config.sample
-  n = num_pieces or s.num_pieces
-  kw = dict(num_pieces=n, num_steps=num_steps or s.num_steps, temperature=float(s.temperature),
+  n = s.num_pieces if num_pieces is None else num_pieces
+  num_steps = s.num_steps if num_steps is None else num_steps
+  kw = dict(num_pieces=n, num_steps=num_steps, temperature=float(s.temperature),
             top_k=int(s.top_k), top_p=float(s.top_p),
             latent_temperature=float(s.latent_temperature))
   if primer is not None:
@@ -162,7 +197,61 @@ def sample_to_files(family, config, params, rng, outdir, num_pieces=None, corpus
                          num_voices=num_voices)
   out = sample(family, config, params, rng, request, num_voices)
   pieces = pieces_lib.to_pianorolls(out, spq, voice_names(num_voices))
-  return pieces_lib.write_pieces(pieces, outdir, prefix, qpm=s.qpm, wav=s.write_wav)
+  return pieces_lib.write_pieces(pieces, outdir, prefix, qpm=s.qpm, wav=s.write_wav,
+                                 instrument=s.instrument)
+
+
+def _is_int(x):
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_number(x):
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def check_sample_args(num_pieces, num_steps, temperature, top_k, top_p, seed):
+  """SampleError naming the argument and what it may be, before anything compiles."""
+  checks = (('num_pieces', num_pieces, _is_int(num_pieces) and num_pieces >= 1,
+             'an integer >= 1'),
+            ('num_steps', num_steps, _is_int(num_steps) and num_steps >= 1, 'an integer >= 1'),
+            ('temperature', temperature, _is_number(temperature) and 0 <= temperature < np.inf,
+             'a number > 0 (< 1 safer, > 1 wilder), or 0: greedy (the most likely class)'),
+            ('top_k', top_k, _is_int(top_k) and top_k >= 0, 'an integer >= 0 (0: off)'),
+            ('top_p', top_p, _is_number(top_p) and 0 < top_p <= 1, 'in (0, 1] (1: off)'),
+            ('seed', seed, _is_int(seed), 'an integer'))
+  for name, value, ok, allowed in checks:
+    if not ok:
+      raise SampleError(f'{name}={value!r}: must be {allowed}')
+
+
+def check_melody(melody):
+  """A melody as int32[T]: MIDI pitches of the piano (21..108) or -1 (rest); SampleError
+  naming the first bad frame otherwise."""
+  try:
+    mel = np.asarray(melody)
+  except (TypeError, ValueError):
+    mel = np.zeros((0,))
+  if mel.ndim != 1 or mel.size == 0 or not np.issubdtype(mel.dtype, np.number):
+    raise SampleError(f'melody: must be a non-empty list of MIDI pitches (-1: rest), got '
+                      f'{str(melody)[:60]}')
+  low, high = pianoroll.LOWEST_PITCH, pianoroll.LOWEST_PITCH + pianoroll.NUM_KEYS - 1
+  bad = np.flatnonzero((mel != np.round(mel)) | ((mel != -1) & ((mel < low) | (mel > high))))
+  if bad.size:
+    raise SampleError(f'melody: {mel[bad[0]].item()!r} at frame {bad[0]} is not a piano pitch '
+                      f'({low}..{high}) nor a rest (-1)')
+  return mel.astype(np.int32)
+
+
+def check_pieces(pieces):
+  """SampleError unless `pieces` is a non-empty list of PianoRoll."""
+  if isinstance(pieces, pianoroll.PianoRoll) or not isinstance(pieces, (list, tuple)):
+    raise SampleError(f'pieces: must be a list of PianoRoll, got a {type(pieces).__name__}')
+  if not pieces:
+    raise SampleError('pieces: an empty list; give at least one PianoRoll')
+  for i, p in enumerate(pieces):
+    if not isinstance(p, pianoroll.PianoRoll):
+      raise SampleError(f'pieces[{i}]: a {type(p).__name__}, not a PianoRoll')
+  return list(pieces)
 
 
 def voice_names(num_voices):
@@ -218,15 +307,25 @@ class LoadedModel:
     rules, rule_penalty: voice-leading rules ('parallels,crossing', 'all'; '' = off;
     docs/rules.md) and nats per violation (inf: hard); None = config.sample's; each
     piece's meta then holds 'rule_fallbacks' (choices where every pitch broke a rule).
+    temperature=0 samples greedily: the most likely class at every head. A piece whose
+    first frame is silent is drawn again (config.sample.resample_silent). Bad
+    arguments raise SampleError naming them, before anything compiles.
     """
+    check_sample_args(num_pieces, num_steps, temperature, top_k, top_p, seed)
+    if temperature == 0:
+      temperature, top_k = 1.0, 1
     config = self._config_with_rules(rules, rule_penalty)
-    config.sample.update(temperature=temperature, top_k=top_k, top_p=top_p)
+    config.sample.update(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     check_request_supported(self.family, primer=primer is not None, melody=melody is not None,
                             rules=config.sample.rules)
     if isinstance(primer, str):
       primer = pieces_lib.load_piece(primer, self.steps_per_quarter)
+    elif primer is not None and not isinstance(primer, pianoroll.PianoRoll):
+      raise SampleError(f'primer: a PianoRoll or a MIDI path, got a {type(primer).__name__}')
     if isinstance(melody, str):
       melody = pieces_lib.soprano_line(pieces_lib.load_piece(melody, self.steps_per_quarter))
+    if melody is not None:
+      melody = check_melody(melody)
     request = make_request(config, num_pieces, num_steps, primer, melody, self.num_voices)
     out = sample(self.family, config, self.params, jax.random.key(seed), request,
                  self.num_voices)
@@ -244,6 +343,7 @@ class LoadedModel:
     penalty scores the rule-constrained model (exactly, for an exact family).
     SampleError when the model reads voices (a voice corpus) and a piece has none.
     """
+    pieces = check_pieces(pieces)
     config = self._config_with_rules(rules, rule_penalty)
     family_lib.check_rules(self.family, config.sample.rules)
     mesh = parallel.make_mesh()
@@ -279,6 +379,7 @@ class LoadedModel:
   def encode(self, pieces):
     """-> list (one per piece) of its latents, a row per segment: the VAE's posterior
     means float32[segments, latent_dim], the VQ-VAE's codes int32[segments, patterns]."""
+    pieces = check_pieces(pieces)
     return latent_ops.encode_pieces(self.family, self.config, self.params, pieces,
                                     self.voices_for(pieces))
 
@@ -294,6 +395,7 @@ class LoadedModel:
   def reconstruct(self, pieces):
     """Encode, then decode greedily -> (list of PianoRoll, stats): key_accuracy,
     note_precision, note_recall, frame_accuracy over all frames; frames, pieces."""
+    pieces = check_pieces(pieces)
     return latent_ops.reconstruct(self.family, self.config, self.params, pieces,
                                   self.voices_for(pieces), voice_names(self.num_voices))
 
@@ -311,7 +413,8 @@ class LoadedModel:
     """PREFIX_i.mid (an instrument per voice), .png and .wav (wav=False, or a piece over
     pieces.MAX_WAV_SECONDS: none) per piece into outdir (created; gs:// works) at
     config.sample.qpm -> list of the .mid paths."""
-    return pieces_lib.write_pieces(pieces, outdir, prefix, qpm=self.config.sample.qpm, wav=wav)
+    return pieces_lib.write_pieces(pieces, outdir, prefix, qpm=self.config.sample.qpm, wav=wav,
+                                   instrument=self.config.sample.instrument)
 
 
 def load_model(workdir, step=None, best=True, warn=None):

@@ -174,10 +174,11 @@ def parse_flags(argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   errors.quiet_library_logs()
   with errors.one_line_errors():
+    if len(argv) > 1:
+      raise errors.UsageError(f'unexpected arguments: {" ".join(argv[1:])} (flags take '
+                              '--NAME=VALUE)')
     from bach_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.maybe_initialize_distributed()
     code = _run(FLAGS.mode)
@@ -190,18 +191,20 @@ def _run(mode):
   from bach_jax import experiment, metric_writers, train
   if mode == 'prepare':
     if FLAGS.config is None:
-      raise app.UsageError('--mode=prepare needs --config')
+      raise errors.UsageError('--mode=prepare needs --config=CONFIG_FILE')
     print(experiment.setup(FLAGS.config).corpus.summary())
     return 0
   if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required')
+    raise errors.UsageError('--workdir is required (the run\'s folder)')
   if mode == 'train':
     if FLAGS.config is None:
-      raise app.UsageError('--config is required for a new workdir')
+      raise errors.UsageError(f'--config is required for a new workdir ({FLAGS.workdir} has no '
+                              'config.json)')
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     print(json.dumps(metric_writers.json_safe(result), allow_nan=False), flush=True)
     return EXIT_INTERRUPTED if 'interrupted_at' in result else 0
-  _sample_or_evaluate(mode)
+  with errors.stop_at_safe_points():
+    _sample_or_evaluate(mode)
   return 0
 
 
@@ -249,9 +252,11 @@ def _load_and_run(mode, workdir, outdir):
   from bach_jax import compare, evaluate, experiment, generate, latent_ops, metric_writers
   from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   model = generate.load_model(workdir, step=FLAGS.step)
-  config = FLAGS.config if FLAGS.config is not None else model.config
+  run_config = model.config
+  config = FLAGS.config if FLAGS.config is not None else run_config
   model.config = config
   exp = experiment.setup(config)
+  experiment.check_fits(workdir, run_config, config, model.params, exp.num_voices)
   if exp.family.CAPABILITIES.voices and exp.num_voices != model.num_voices:
     raise errors.SampleError(
         f'config.data.source={config.data.source!r} has {exp.num_voices} voices; '

@@ -176,8 +176,9 @@ def read_metrics(workdir):
 
 
 def drop_rows_after(workdir, step):
-  """A resuming run (process 0): moves the rows of steps after `step` (and lines torn
-  by a crash) from metrics.jsonl to metrics.superseded.jsonl -> how many moved."""
+  """A resuming run (process 0): moves the rows of steps after `step`, the rows of the
+  final phase at `step` ('best/*': a re-run writes them again) and lines torn by a crash
+  from metrics.jsonl to metrics.superseded.jsonl -> how many moved."""
   if jax.process_index() != 0:
     return 0
   workdir = workdir_lib.as_path(workdir)
@@ -186,7 +187,9 @@ def drop_rows_after(workdir, step):
     return 0
   keep, drop = [], []
   for line, row in _parse_rows(path.read_text()):
-    (keep if row is not None and row['step'] <= step else drop).append(line)
+    kept = row is not None and (row['step'] < step or row['step'] == step and not any(
+        k.startswith('best/') for k in row))
+    (keep if kept else drop).append(line)
   if not drop:
     return 0
   with workdir_lib.writing(workdir / SUPERSEDED):

@@ -12,8 +12,9 @@ import numpy as np
 
 from bach_jax import plotting
 from bach_jax import workdir as workdir_lib
-from bach_jax.audio import write_wav
 from bach_jax.data import pianoroll
+from bach_jax import audio
+from bach_jax import errors
 from bach_jax.errors import SampleError
 
 MAX_WAV_SECONDS = 600.0  # Longer pieces get no .wav (16-bit mono: 26 MB at this length).
@@ -101,8 +102,11 @@ def concatenate(pieces, gap_steps=0):
                              else None, pieces[0].steps_per_quarter, dict(pieces[0].meta))
 
 
-def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True):
+def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True, instrument='organ'):
   """Writes PREFIX_i.mid, .png (and .wav up to MAX_WAV_SECONDS) per piece -> .mid paths.
+
+  instrument: a name of audio.INSTRUMENTS, the program of every voice in the .mid
+  and the .wav.
 
   outdir: str or epath.Path (gs:// works). WorkdirError when outdir is not a
   writable folder; WriteError naming the file when a write fails (disk full).
@@ -110,9 +114,10 @@ def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True):
   outdir = workdir_lib.prepare(outdir, what='output folder')
   paths, too_long = [], []
   for i, piece in enumerate(pieces):
+    errors.safe_point()
     name = f'{prefix}_{i}'
     t0 = time.perf_counter()
-    pm = pianoroll.to_midi(piece, qpm=qpm)
+    pm = pianoroll.to_midi(piece, qpm=qpm, program=audio.INSTRUMENTS[instrument])
     with workdir_lib.writing(outdir / f'{name}.mid') as path, path.open('wb') as f:
       pm.write(f)
     with workdir_lib.writing(outdir / f'{name}.png') as path:
@@ -122,7 +127,7 @@ def write_pieces(pieces, outdir, prefix='sample', qpm=80.0, wav=True):
       too_long.append(name)
     elif wav:
       with workdir_lib.writing(outdir / f'{name}.wav') as path:
-        write_wav(path, pm)
+        audio.write_wav(path, pm, instrument)
     paths.append(str(outdir / f'{name}.mid'))
     if piece.roll.shape[0] >= LONG_WRITE_STEPS:  # pretty_midi writes ~3k steps/s.
       note(f'wrote {outdir / name}.* ({i + 1} of {len(pieces)}, '

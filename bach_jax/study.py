@@ -406,8 +406,7 @@ def preset_from_flags(f):
 
 def define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('out', None, 'Folder of the study (runs, scores, report).',
-                      required=True)
+  flags.DEFINE_string('out', None, 'Folder of the study (runs, scores, report); required.')
   flags.DEFINE_string('preset', 'cpu', f'One of {", ".join(PRESETS)}.')
   flags.DEFINE_string('families', '', 'Comma-separated families (default: the preset\'s).')
   flags.DEFINE_integer('seeds', None, 'Seeds per family (default: the preset\'s).')
@@ -428,7 +427,9 @@ def main(argv):
   with errors.one_line_errors(interrupted='interrupted by Ctrl-C: the runs saved what '
                               'they had; run the same command again to resume'):
     if len(argv) > 1:
-      raise StudyError(f'unexpected arguments: {argv[1:]}')
+      raise errors.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    if not f.out:
+      raise errors.UsageError('--out=DIR is required (the study\'s folder)')
     if f.report_only:
       compare_study.write_report(f.out)
       return

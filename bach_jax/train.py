@@ -137,21 +137,27 @@ def _close_all(raise_errors, *closers):
 
 
 def _batch_iterator(exp):
-  """The training windows of this process's rows of each global batch."""
+  """The training windows of this process's rows of each global batch. ConfigError
+  naming the key when the window or the batch does not fit the training split."""
   config, t = exp.config, exp.config.train
-  d = config.data
-  it = pipeline.BatchIterator(
-      exp.corpus.splits['train'], batch_size=t.batch_size, window_steps=d.window_steps,
-      hop_steps=d.hop_steps, seed=config.seed, shuffle=True,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      remainder='drop', pad_start=d.pad_start, augment_transpose=d.augment_transpose,
-      num_voices=exp.num_voices, pad_short=d.pad_short)
-  if it.batches_per_epoch == 0:
+  d, train = config.data, exp.corpus.splits['train']
+  longest = max(train, key=lambda p: p.num_steps, default=None)
+  frames = (longest.num_steps if longest else 0) + d.pad_start
+  if d.window_steps > frames:
+    name = longest.meta.get('file', '?') if longest else 'none'
     raise ConfigError(
-        f'config.train.batch_size: {t.batch_size} windows of {d.window_steps} steps '
-        f'is more than one epoch of the training split ({len(exp.corpus.splits["train"])} '
-        'pieces)')
-  return it
+        f'config.data.window_steps={d.window_steps}: longer than every training piece (the '
+        f'longest, {name}, is {frames} frames with its start frame); use at most {frames}')
+  try:
+    return pipeline.BatchIterator(
+        train, batch_size=t.batch_size, window_steps=d.window_steps, hop_steps=d.hop_steps,
+        seed=config.seed, shuffle=True, process_index=jax.process_index(),
+        process_count=jax.process_count(), remainder='drop', pad_start=d.pad_start,
+        augment_transpose=d.augment_transpose, num_voices=exp.num_voices,
+        pad_short=d.pad_short)
+  except ValueError as e:  # No whole batch in an epoch of the training split.
+    raise ConfigError(f'config.train.batch_size={t.batch_size}: {e} ({len(train)} training '
+                      f'pieces, data.window_steps={d.window_steps})') from None
 
 
 def train_and_evaluate(config, workdir):
@@ -169,24 +175,26 @@ def train_and_evaluate(config, workdir):
   lead = jax.process_index() == 0  # Every process of one run shares the workdir.
   workdir = workdir_lib.prepare(workdir) if lead else workdir_lib.as_path(workdir)
   warn = lambda msg: metric_writers.log(f'warning: {msg}')
-  with _StopRequest() as stop, workdir_lib.lock(workdir, 'train', enabled=lead, warn=warn):
-    return _Run(config, workdir, stop, warn).run()
+  with workdir_lib.lock(workdir, 'train', enabled=lead, warn=warn):
+    exp = experiment.setup(config)  # Ctrl-C while the corpus is prepared stops at once.
+    with _StopRequest() as stop:
+      return _Run(exp, workdir, stop, warn).run()
 
 
 class _Run:
   """One training run in a locked workdir, SIGTERM / SIGINT caught by `stop`."""
 
-  def __init__(self, config, workdir, stop, warn):
-    self.exp = experiment.setup(config)
-    self.config, self.workdir, self.stop, self.warn = config, workdir, stop, warn
+  def __init__(self, exp, workdir, stop, warn):
+    self.exp, self.config = exp, exp.config
+    self.workdir, self.stop, self.warn = workdir, stop, warn
     self.log = metric_writers.log
     self.select_by = self.exp.family.CAPABILITIES.select_by
-    checkpoints.write_config(workdir, config)
     self.train_iter = _batch_iterator(self.exp)
-    self.root = jax.random.key(config.seed)
+    self.root = jax.random.key(self.config.seed)
     self.init_rng, self.train_rng = jax.random.split(self.root)
     self.ckpt = self.writer = None
     self.pending = []  # (step, metrics on device) not yet written.
+    self.window = []  # (step, host metrics) since the last log step: its means.
     self.saved = None  # The step of the latest checkpoint written (or resumed from).
     self.last_score = None  # The last evaluation's selection metric.
 
@@ -208,12 +216,16 @@ class _Run:
                                               self.exp.num_voices,
                                               parallel.replicated(self.exp.mesh))
     self.state = self._restore_or_init()
+    # Only now: a resume this config cannot make is refused before config.json changes.
+    checkpoints.write_config(self.workdir, self.config)
     self.ckpt.restore_first([self.ckpt.path(s, True) for s in self.ckpt.steps(True)][::-1],
                             self.abstract, self.warn, quarantine=True)
     superseded = metric_writers.drop_rows_after(self.workdir, self.saved or 0)
     if superseded:
       self.log(f'moved {superseded} rows of metrics.jsonl after step {self.saved or 0} (steps '
                f'run again now) to {metric_writers.SUPERSEDED}')
+    if self.saved:
+      self._continue_from_metrics()
     exp = self.exp
     n_params = sum(x.size for x in jax.tree.leaves(self.state.params))
     self.log(f'{self.config.model.name}: {n_params:,} parameters; {jax.device_count()} '
@@ -225,6 +237,22 @@ class _Run:
     self.writer = metric_writers.MetricWriter(self.workdir, purge_step=(self.saved or 0) + 1)
     self.step = int(jax.device_get(self.state.step))
     self.progress = metric_writers.Progress(self.step, self.config.train.num_steps)
+    self.write_due = Periodic(self.config.train.log_every, self.config.train.num_steps)
+
+  def _continue_from_metrics(self):
+    """A resumed run picks up what the stopped one wrote: the steps since its last log
+    step (so the next mean covers log_every steps, as without the stop) and its last
+    evaluation's score (the result's last_<split>_<metric>)."""
+    t = self.config.train
+    last_log = self.saved // t.log_every * t.log_every
+    key = f'{t.eval_split}/{self.select_by}'
+    for row in metric_writers.read_metrics(self.workdir):
+      steps = {k[len('train/'):]: np.float32(np.nan if v is None else v)
+               for k, v in row.items() if k.startswith('train/') and not k.endswith('_mean')}
+      if last_log < row['step'] <= self.saved and steps:
+        self.window.append((row['step'], steps))
+      if key in row and row['step'] <= self.saved:
+        self.last_score = row[key]
 
   def _restore_or_init(self):
     """The newest intact checkpoint (damaged newer ones moved to damaged/), with the
@@ -257,7 +285,7 @@ class _Run:
   def _loop(self):
     """Steps until train.num_steps -> None, or {'interrupted_at': step} after a stop."""
     t = self.config.train
-    write_due, eval_due = Periodic(t.log_every, t.num_steps), Periodic(t.eval_every, t.num_steps)
+    eval_due = Periodic(t.eval_every, t.num_steps)
     save_due = Periodic(t.checkpoint_every, t.num_steps, config_base.keep_steps(self.config))
     while self.step < t.num_steps:
       if self.stop.requested or (jax.process_count() > 1
@@ -267,7 +295,7 @@ class _Run:
       self.state, metrics = self.train_step(self.state, batch, self.train_rng)
       self.step += 1
       self.pending.append((self.step, metrics))
-      if write_due(self.step):
+      if self.write_due(self.step):
         self._flush()
       score = self._evaluate() if eval_due(self.step) else None
       if save_due(self.step) or score is not None:
@@ -279,7 +307,8 @@ class _Run:
     return None
 
   def _flush(self):
-    """Fetches pending step metrics (one host sync), checks them, writes them.
+    """Fetches pending step metrics (one host sync), checks them, writes each step's row;
+    at a log step (or the last), also the means since the one before and the progress line.
 
     A non-finite metric stops the run (NonFiniteLossError), unless
     train.halt_on_nan is False and the params are still finite: then it is
@@ -299,10 +328,12 @@ class _Run:
     if bad is not None:
       self.warn(f'non-finite training {", ".join(bad[1])} at step {bad[0]}; going on '
                 '(train.halt_on_nan=False and the params are finite)')
-    if host:
-      means = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
-      self.writer.write(host[-1][0], {f'train/{k}_mean': v for k, v in means.items()})
-      self.log(self.progress.line(host[-1][0], means))
+    self.window += host
+    if self.window and self.write_due(self.window[-1][0]):
+      means = {k: float(np.mean([m[k] for _, m in self.window])) for k in self.window[0][1]}
+      self.writer.write(self.window[-1][0], {f'train/{k}_mean': v for k, v in means.items()})
+      self.log(self.progress.line(self.window[-1][0], means))
+      self.window = []
     self.writer.flush()
 
   def _run_eval(self, params, split):

@@ -242,6 +242,9 @@ class Lock:
       try:
         created = self._create(info)
       except OSError as e:
+        if is_disk_full(e):
+          raise WriteError(f'{self.path}: cannot create the lock file '
+                           f'({describe_os_error(e)}); free some space') from None
         raise WorkdirError(f'{self.path}: cannot create the lock file '
                            f'({describe_os_error(e)})') from None
       if created:

@@ -17,6 +17,9 @@ import numpy as np
 
 from bach_jax.data import pianoroll
 from bach_jax.data.pianoroll import PianoRoll
+from bach_jax.errors import CorpusError
+
+_log = logging.getLogger(__name__)  # 'warning: ...' lines at the command line (errors.py).
 
 SPLITS = ('train', 'valid', 'test')
 
@@ -55,6 +58,33 @@ def build_lock(path: str):
     f.close()  # Releases the lock.
 
 
+def check_folder(cache_dir: str):
+  """CorpusError naming the folder when the cache cannot be written there (checked
+  before a build, so that minutes of preparation are not thrown away)."""
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    probe = os.path.join(cache_dir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise CorpusError(f'{cache_dir}: cannot write the corpus cache there '
+                      f'({e.strerror or e}); set config.data.cache_dir or $BACH_JAX_CACHE '
+                      'to a writable folder') from None
+
+
+def remove_leftovers(path: str):
+  """Deletes the temporary files of writes to `path` that a kill interrupted (called
+  with the build lock held: no other process writes them now)."""
+  folder, name = os.path.split(path)
+  for entry in os.listdir(folder or '.'):
+    if entry.startswith(name + '.') and entry.endswith('.tmp'):
+      try:
+        os.remove(os.path.join(folder, entry))
+      except OSError:
+        pass
+
+
 def write(path: str, key: dict, splits: dict, skipped: list, grid: int):
   """Writes the pieces as one .npz: temp file in the same dir, then os.replace."""
   arrays = {'key': np.array(json.dumps(key, sort_keys=True)),
@@ -79,7 +109,7 @@ def write(path: str, key: dict, splits: dict, skipped: list, grid: int):
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except OSError as e:
-    logging.warning('could not write the cache %s: %s', path, e)
+    _log.warning('could not write the cache %s: %s', path, e)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -115,5 +145,5 @@ def read(path: str, key: dict):
         splits[s] = pieces
     return splits, skipped, grid
   except Exception as e:  # A truncated or foreign file: rebuild it.
-    logging.warning('ignoring unusable cache %s (%s: %s)', path, type(e).__name__, e)
+    _log.warning('ignoring unusable cache %s (%s: %s)', path, type(e).__name__, e)
     return None

@@ -66,6 +66,8 @@ from bach_jax.data.pianoroll import SATB, MidiError, PianoRoll, satb_indices
 from bach_jax.data.splits import split_of
 from bach_jax.errors import CorpusError
 
+_log = logging.getLogger(__name__)  # 'warning: ...' lines at the command line (errors.py).
+
 SPLITS = cache.SPLITS
 FORMAT_VERSION = 4  # Bump when the prepared pieces or the cache layout change.
 TINY_SPLIT = 5  # A split with fewer pieces gets a warning: its figures are noise.
@@ -307,27 +309,49 @@ def chorale_paths():
                 key=os.path.basename)
 
 
+def _worker_start(parent):
+  """A preparation worker: it dies with its parent (Linux: PR_SET_PDEATHSIG), even a
+  SIGKILLed one, and leaves Ctrl-C to the parent, which stops the pool itself."""
+  import signal  # pylint: disable=g-import-not-at-top
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG.
+  except (OSError, AttributeError):  # Not Linux: workers end when their queue closes.
+    pass
+  if os.getppid() != parent:  # The parent died before the line above.
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _call(indexed_job):
+  i, fn, job = indexed_job
+  return i, fn(*job)
+
+
 def _run_jobs(fn, jobs, workers: int, progress: bool, desc: str):
-  """Runs fn(*job) for every job, in a process pool when workers > 1."""
+  """Runs fn(*job) for every job -> results in job order, in a process pool when
+  workers > 1. An exception or Ctrl-C in the parent terminates the workers at once."""
   workers = workers or os.cpu_count() or 1
   workers = max(1, min(workers, len(jobs)))
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=len(jobs), desc=desc, file=sys.stderr, disable=not progress,
              unit='file')
-  results = []
-  if workers == 1:
-    for job in jobs:
-      results.append(fn(*job))
-      bar.update()
-  else:
-    # spawn: the parent may already run JAX threads, which fork does not survive.
-    ctx = multiprocessing.get_context('spawn')
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-      futures = [pool.submit(fn, *job) for job in jobs]
-      for future in concurrent.futures.as_completed(futures):
+  results = [None] * len(jobs)
+  try:
+    if workers == 1:
+      for i, job in enumerate(jobs):
+        results[i] = fn(*job)
         bar.update()
-      results = [f.result() for f in futures]
-  bar.close()
+    else:
+      # spawn: the parent may already run JAX threads, which fork does not survive.
+      ctx = multiprocessing.get_context('spawn')
+      with ctx.Pool(workers, initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+        indexed = [(i, fn, job) for i, job in enumerate(jobs)]
+        for i, result in pool.imap_unordered(_call, indexed):
+          results[i] = result
+          bar.update()
+  finally:  # The bar's last line before whatever error ends the build.
+    bar.close()
   return results
 
 
@@ -384,9 +408,11 @@ def load_corpus(data_config, cache_dir: Optional[str] = None,
   cache_path = cache.path_for(cache_dir, kind, key)
   cached = cache.read(cache_path, key)
   if cached is None:
+    cache.check_folder(cache_dir)  # Before the build, not after it.
     with cache.build_lock(cache_path):
       cached = cache.read(cache_path, key)  # Built by another process while we waited?
       if cached is None:
+        cache.remove_leftovers(cache_path)
         splits, skipped, grid = _build(kind, path, data, workers, progress)
         cache.write(cache_path, key, splits, skipped, grid)
         return _corpus(splits, skipped, data['source'], grid, cache_path, False)
@@ -410,7 +436,7 @@ def _build(kind, path, data, workers, progress):
   skipped = []
   for name, split, out in results:
     if split is None:
-      logging.warning('skipping %s: %s', name, out)
+      _log.warning('skipping %s: %s', name, out)
       skipped.append((name, out))
     else:
       splits[split].append(out)
@@ -425,7 +451,7 @@ def _corpus(splits, skipped, source, grid, cache_path, hit) -> Corpus:
   total = sum(len(splits[s]) for s in SPLITS)
   for s in SPLITS:
     if len(splits[s]) < TINY_SPLIT:
-      logging.warning('split %s holds only %d of %d pieces (fewer than %d): its figures '
+      _log.warning('split %s holds only %d of %d pieces (fewer than %d): its figures '
                       'will be noise', s, len(splits[s]), total, TINY_SPLIT)
   counts = {p.num_voices for s in SPLITS for p in splits[s]}
   num_voices = counts.pop() if len(counts) == 1 else None

@@ -24,6 +24,8 @@ import logging
 
 from bach_jax.data.cache import SPLITS
 
+_log = logging.getLogger(__name__)  # 'warning: ...' lines at the command line (errors.py).
+
 MIN_SPLIT_SHARE = 0.1  # midi_dir: valid and test get at least this share of the pieces,
 SPLIT_ENOUGH = 20  # or this many, if fewer (a split this big is usable as is).
 
@@ -71,7 +73,7 @@ def rebalance(results):
   moved = sum(assigned[k] != split_of(k) for k in kept)
   if moved:
     counts = {s: list(assigned.values()).count(s) for s in SPLITS}
-    logging.warning('small corpus: %d of %d pieces moved between splits so that valid and '
+    _log.warning('small corpus: %d of %d pieces moved between splits so that valid and '
                     'test hold at least %d (now %d/%d/%d)', moved, len(kept),
                     split_minimum(len(kept)), *counts.values())
   return [(name, None if split is None else assigned[name], out)

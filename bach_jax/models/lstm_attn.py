@@ -153,18 +153,27 @@ class LSTMAttn(heads.FrameHeads, nn.Module):
     return self._combine(h, ctx, deterministic)
 
   def encode_step(self, x, carry, cache, t):
-    """One step. x: float[N, D]; cache: (k, v) float[N, T_max, H, d] or None; t: int.
+    """One step. x: float[N, D]; cache: (k, v) float[N, C, H, d] or None; t: int.
 
-    -> (z float[N, Dz], carry, cache) with step t's keys/values written at t.
+    -> (z float[N, Dz], carry, cache) with step t's keys/values written. Without a
+    window, C is the number of steps and step t is written at t. With attn_window W,
+    the cache is a ring of C = W slots (min(W, steps)): step t goes to slot t mod C,
+    so a step costs O(W) and a piece O(T W), not O(T^2); slot j then holds step
+    t - ((t - j) mod C), masked while that is < 0 (not written yet).
     """
     h, carry = self.stack(x[:, None], carry)
     if not self.attention:
       return h[:, 0], carry, cache
     q, k, v = self._qkv(h)
-    kc = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=1)
-    vc = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=1)
-    ctx = _attend(q, kc, vc, jnp.reshape(t, (1,)), jnp.arange(kc.shape[1]),
-                  self.attn_window, self.rel_bias, self.dtype)
+    size = cache[0].shape[1]
+    slot = t % size if self.attn_window else t
+    kc = jax.lax.dynamic_update_slice_in_dim(cache[0], k, slot, axis=1)
+    vc = jax.lax.dynamic_update_slice_in_dim(cache[1], v, slot, axis=1)
+    j = jnp.arange(size)
+    k_pos = t - (t - j) % size if self.attn_window else j
+    k_pos = jnp.where(k_pos >= 0, k_pos, t + 1)  # Not written yet: in the future, masked.
+    ctx = _attend(q, kc, vc, jnp.reshape(t, (1,)), k_pos, self.attn_window, self.rel_bias,
+                  self.dtype)
     return self._combine(h, ctx, True)[:, 0], carry, (kc, vc)
 
   def __call__(self, x, slots, deterministic=True):
@@ -280,9 +289,10 @@ def _start_state(config, params, info, n, num_steps):
   m = config.model
   carry = LSTMStack(m.hidden_size, m.num_layers).zero_carry(n)
   cache = None
-  if m.attention:
+  if m.attention:  # A ring of attn_window slots, or every step (encode_step).
     dim = m.attn_dim or m.hidden_size
-    z = jnp.zeros((n, num_steps, m.attn_heads, dim // m.attn_heads), jnp.float32)
+    size = min(m.attn_window, num_steps) if m.attn_window else num_steps
+    z = jnp.zeros((n, size, m.attn_heads, dim // m.attn_heads), jnp.float32)
     cache = (z, z)
   vcls = (jnp.full((n, info.num_voices), info.num_keys, jnp.int32) if info.num_voices
           else None)
