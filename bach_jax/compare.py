@@ -3,6 +3,7 @@ r"""The comparison report: trained runs of any family, side by side with held-ou
   python -m bach_jax.compare RUN_DIR[:LABEL] [RUN_DIR[:LABEL] ...] --out=DIR
       [--num_pieces=64] [--num_steps=256] [--temperature=1.0] [--seed=0]
       [--sample_batch=16] [--voices=roll|own] [--cut_reference=true] [--cache_dir=DIR]
+      [--clips_per_run=3] [--listening_pairs=24] [--excerpt_steps=64] [--instrument=organ]
 
 For every run: its best checkpoint (generate.load_model; the family is read from
 the run, only the family contract is used), N sampled pieces of the same length
@@ -26,7 +27,18 @@ the family; --voices=own uses a set's own 4 voices where it has them.
 Writes into --out: report.md (the table), report.json (everything), and PNGs:
 metrics_<group>.png (bars per run with the Bach band, mean +- std),
 pitch_classes.png (pitch-class histograms, runs vs Bach) and rolls.png (one
-sample per run and one real piece). Library use: `build_report(runs, out, ...)`
+sample per run and one real piece); report.html (the tables, --clips_per_run
+samples of every run and of Bach as audio players beside their piano-rolls, the
+PNGs; audio/) and listen.html (a blind listening test of --listening_pairs pairs of
+--excerpt_steps-frame excerpts; clips/, and listen_key.json, which the page never
+reads): compare_html.py, compare_listen.py. Every clip has the same sound
+(--instrument; FluidSynth where installed, bach_jax/audio.py).
+
+  python -m bach_jax.compare --listening=A.json,B.json --out=REPORT_DIR
+
+aggregates listen.html's downloaded answers (one file per listener) into
+listening.json / .md / .png in REPORT_DIR: per family, how often its excerpt was
+taken for Bach's and preferred over another family's, with Wilson 95% intervals. Library use: `build_report(runs, out, ...)`
 and `sample_metric_summary(model, corpus)` (--mode=evaluate's metric summary).
 """
 
@@ -36,12 +48,16 @@ import os
 import sys
 import time
 
+from bach_jax import audio
+from bach_jax import compare_html
+from bach_jax import compare_listen
 from bach_jax import compare_plots
 from bach_jax import errors
 from bach_jax import compare_report
 from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import metrics
+from bach_jax import workdir as workdir_lib
 from bach_jax.errors import CompareError
 from bach_jax.metrics import VOICE_MODES
 from bach_jax.pieces import cut_pieces
@@ -58,6 +74,11 @@ class Settings:
   voices: str = 'roll'
   cut_reference: bool = True
   cache_dir: str = ''
+  clips_per_run: int = 3  # report.html: players of each run's first samples and of Bach.
+  listening_pairs: int = 24  # listen.html: pairs of excerpts (0: no listening test).
+  excerpt_steps: int = 64  # Frames of every listening-test excerpt.
+  instrument: str = 'organ'  # The sound of every clip (audio.INSTRUMENTS).
+  qpm: float = 80.0  # The tempo of every clip.
 
 
 def _is_dir(path):
@@ -117,6 +138,7 @@ def sample_timed(model, num_pieces, num_steps, temperature=1.0, seed=0, batch=16
   pieces, times, sizes = [], [], []
   t0 = time.perf_counter()
   while len(pieces) < num_pieces:
+    errors.safe_point()
     n = min(batch, num_pieces - len(pieces))
     start = time.perf_counter()
     pieces += model.sample(num_pieces=n, num_steps=num_steps, temperature=temperature,
@@ -214,7 +236,7 @@ def sample_metric_summary(model, corpus, num_pieces=64, num_steps=256, seed=0,
 
 
 def _run_entry(workdir, label, settings, reference, ref_spq, log):
-  """Loads, samples, scores and measures one run -> (report entry, first sample)."""
+  """Loads, samples, scores and measures one run -> (report entry, its samples)."""
   model = generate.load_model(workdir)
   if settings.cache_dir:
     model.config.data.cache_dir = settings.cache_dir
@@ -240,7 +262,7 @@ def _run_entry(workdir, label, settings, reference, ref_spq, log):
            'parameters': compare_report.count_parameters(model.params),
            'best_step': int(model.step)}
   entry.update(compare_report.training_info(workdir))
-  return entry, pieces[0]
+  return entry, pieces
 
 
 def build_report(runs, out, settings=Settings(), log=print):
@@ -261,6 +283,10 @@ def build_report(runs, out, settings=Settings(), log=print):
     raise CompareError('--num_pieces and --num_steps must be >= 1')
   if settings.voices not in VOICE_MODES:
     raise CompareError(f'--voices must be one of {VOICE_MODES}, got {settings.voices!r}')
+  if settings.instrument not in audio.INSTRUMENTS:
+    raise CompareError(f'--instrument must be one of {", ".join(audio.INSTRUMENTS)}, got '
+                       f'{settings.instrument!r}')
+  workdir_lib.prepare(out, what='report folder')  # Before anything is sampled.
   t0 = time.perf_counter()
   labels = unique_labels([label for _, label in runs])
   config = experiment.read_config(runs[0][0])
@@ -275,13 +301,12 @@ def build_report(runs, out, settings=Settings(), log=print):
   log(f'reference: {len(test)} test pieces of {corpus.source} '
       f'({"cut to " + str(n) + " steps" if settings.cut_reference else "whole"}); '
       f'noise floor (valid vs test): distance {_num(noise_floor["distance"])}')
-  entries, first_samples = [], []
+  entries, samples = [], {}
   for (workdir, _), label in zip(runs, labels):
-    entry, sample = _run_entry(workdir, label, settings, ref_values, spq, log)
+    entry, samples[label] = _run_entry(workdir, label, settings, ref_values, spq, log)
     log(f'{label}: distance {_num(entry["comparison"]["distance"])} '
         f'(noise floor {_num(noise_floor["distance"])})')
     entries.append(entry)
-    first_samples.append(sample)
   report = {
       'settings': dataclasses.asdict(settings),
       'reference': dict(describe_reference(corpus, test, settings.cut_reference, n),
@@ -291,9 +316,9 @@ def build_report(runs, out, settings=Settings(), log=print):
                           pieces=len(valid)),
       'runs': entries,
   }
-  os.makedirs(out, exist_ok=True)
-  report['files'] = compare_plots.write_plots(out, report, first_samples, test[0], spq)
-  report['files'] += compare_report.FILES
+  report['files'] = compare_plots.write_plots(out, report, [p[0] for p in samples.values()],
+                                              test[0], spq)
+  report['files'] += compare_report.FILES + _pages(str(out), report, samples, test, settings)
   report['seconds'] = time.perf_counter() - t0
   report = compare_report.write(out, report)
   log(f'wrote {", ".join(report["files"])} to {out} ({report["seconds"]:.1f} s)')
@@ -304,10 +329,24 @@ def _num(x):
   return '-' if x is None else f'{x:.3f}'
 
 
+def _pages(out, report, samples, bach, settings):
+  """report.html (players of each run's first samples and of Bach) and, with
+  listening_pairs, listen.html -> their file names."""
+  clips = compare_listen.write_clips(out, {**samples, report['reference']['label']: bach},
+                                     settings.clips_per_run, settings.qpm, settings.instrument)
+  files = [compare_html.report_page(out, report, clips)]
+  if settings.listening_pairs:
+    pairs, test_id = compare_listen.make_test(
+        out, samples, bach, settings.listening_pairs, settings.seed, settings.excerpt_steps,
+        settings.qpm, settings.instrument)
+    files.append(compare_html.listen_page(out, pairs, test_id))
+  return files
+
+
 def define_flags():
   """The CLI's flags (defined only when run as a program, not on import)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('out', None, 'Output directory of the report.', required=True)
+  flags.DEFINE_string('out', None, 'Output directory of the report (required).')
   flags.DEFINE_integer('num_pieces', 64, 'Pieces sampled per run.')
   flags.DEFINE_integer('num_steps', 256, 'Frames per sampled piece (and per reference piece '
                        'with --cut_reference).')
@@ -321,6 +360,14 @@ def define_flags():
                     '(else whole pieces).')
   flags.DEFINE_string('cache_dir', '', "Corpus cache for every run ('' = each run's own "
                       'config.data.cache_dir).')
+  flags.DEFINE_integer('clips_per_run', 3, 'report.html: audio players per run (and of Bach).')
+  flags.DEFINE_integer('listening_pairs', 24, 'listen.html: pairs of excerpts (0: none).')
+  flags.DEFINE_integer('excerpt_steps', 64, 'Frames of every listening-test excerpt.')
+  flags.DEFINE_string('instrument', 'organ', 'The sound of every clip: organ, choir, '
+                      'strings or piano.')
+  flags.DEFINE_string('listening', '', 'Comma-separated answer files of listen.html: '
+                      'aggregate them into --out (the report folder, with listen_key.json) '
+                      'instead of writing a report.')
 
 
 def main(argv):
@@ -328,12 +375,19 @@ def main(argv):
   errors.quiet_library_logs()
   f = flags.FLAGS
   with errors.one_line_errors(interrupted='interrupted by Ctrl-C: no report written'):
+    if not f.out:
+      raise errors.UsageError("--out=DIR is required (the report's folder)")
+    if f.listening:
+      compare_listen.write_results(f.out, [x for x in f.listening.split(',') if x])
+      return
     if len(argv) < 2:
-      raise CompareError('give at least one RUN_DIR[:LABEL]')
+      raise errors.UsageError('give at least one RUN_DIR[:LABEL]')
     runs = [parse_run_arg(a) for a in argv[1:]]
     settings = Settings(f.num_pieces, f.num_steps, f.temperature, f.seed, f.sample_batch,
-                        f.voices, f.cut_reference, f.cache_dir)
-    build_report(runs, f.out, settings)
+                        f.voices, f.cut_reference, f.cache_dir, f.clips_per_run,
+                        f.listening_pairs, f.excerpt_steps, f.instrument)
+    with errors.stop_at_safe_points():
+      build_report(runs, f.out, settings)
 
 
 if __name__ == '__main__':

@@ -46,7 +46,8 @@ def report(trained, tmp_path_factory):
 
 def test_report_writes_every_file_it_promises(report):
   result, out = report
-  assert sorted(result['files']) == sorted(PNGS + ('report.md', 'report.json'))
+  assert sorted(result['files']) == sorted(PNGS + ('report.md', 'report.json', 'report.html',
+                                                  'listen.html'))
   for name in result['files']:
     assert os.path.getsize(os.path.join(out, name)) > 1000, name
   with open(os.path.join(out, 'report.json')) as f:
