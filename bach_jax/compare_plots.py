@@ -143,7 +143,7 @@ def plot_study(folder, report):
     ax.set_xlabel('training frames')
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, framealpha=0.6)
   fig.tight_layout()
   plotting.savefig(fig, os.path.join(folder, 'study_budget.png'))
   return 'study_budget.png'

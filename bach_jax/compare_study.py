@@ -32,6 +32,7 @@ from bach_jax import compare_plots
 from bach_jax import experiment
 from bach_jax import metric_writers
 from bach_jax import metrics
+from bach_jax import workdir as workdir_lib
 from bach_jax.errors import CompareError
 
 REPORT = 'report'  # OUT/report/
@@ -153,18 +154,25 @@ def build(out, log=print):
     raise CompareError(f'{out}: no scored checkpoint yet')
   at = lambda f: {fam: p[f] for fam, p in points.items() if f in p}
   order_last, together = ranking(at(fractions[-1]))
-  order_first, _ = ranking(at(fractions[0]))
+  order_first, together_first = ranking(at(fractions[0]))
   log(f'study report: {len(points)} families, budgets {fractions}, noise floor '
       f'{noise[0]:.3f} [{noise[1]:.3f}, {noise[2]:.3f}]')
   return {'preset': preset, 'fractions': fractions, 'points': _json_points(points),
-          'noise_floor': {'distance': noise, 'pieces': n_valid},
+          'noise_floor': {'distance': noise, 'pieces': n_valid,
+                          'metrics': _means(valid)},
           'reference': {'source': corpus.source, 'split': 'test', 'pieces': n_test,
                         'cut_to_steps': preset['sample_steps'],
-                        'metrics': {k: float(np.nanmean(v)) for k, v in ref.items()
-                                    if np.asarray(v).ndim == 1}},
+                        'metrics': _means(ref)},
           'ranking': order_last, 'not_separated': together,
-          'ranking_at_smallest': order_first,
+          'ranking_at_smallest': order_first, 'not_separated_at_smallest': together_first,
           'ranking_changes': order_first != [f for f in order_last if f in order_first]}
+
+
+def _means(values):
+  """{metric: mean over the pieces} of the scalar metrics of set_metrics."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)
+    return {k: float(np.nanmean(v)) for k, v in values.items() if np.asarray(v).ndim == 1}
 
 
 def _json_points(points):
@@ -174,8 +182,7 @@ def _json_points(points):
 def write_report(out, log=print):
   """OUT/report/{report.md, report.json, study_budget.png} -> the report dict."""
   report = build(out, log)
-  folder = os.path.join(out, REPORT)
-  os.makedirs(folder, exist_ok=True)
+  folder = str(workdir_lib.prepare(os.path.join(out, REPORT), what='report folder'))
   report['files'] = ['report.md', 'report.json', compare_plots.plot_study(folder, report)]
   with open(os.path.join(folder, 'report.json'), 'w') as f:
     json.dump(metric_writers.json_safe(report), f, indent=1)
@@ -215,8 +222,10 @@ def markdown(report):
   lines += ['', 'Not separated (intervals overlap): ' + (
       ', '.join(f'{a} / {b}' for a, b in together) if together else 'none') + '.',
             'Ranking at the smallest budget: ' + ' < '.join(report['ranking_at_smallest'])
-            + ('; it differs from the full budget\'s.' if report['ranking_changes']
-               else '; the same order as at the full budget.'),
+            + ('; it differs from the full budget\'s' if report['ranking_changes']
+               else '; the same order as at the full budget') + '; not separated there: '
+            + (', '.join(f'{a} / {b}' for a, b in report['not_separated_at_smallest'])
+               or 'none') + '.',
             '', '## Distance to Bach by budget', '',
             '| family | ' + ' | '.join(f'{float(f) * preset["budget"]:,.0f} frames'
                                       for f in fractions) + ' |',
@@ -224,6 +233,8 @@ def markdown(report):
   for fam in report['ranking']:
     lines.append(f'| {fam} | ' + ' | '.join(_ci(pts[fam].get(f'{f:g}', {}).get('distance'))
                                            for f in fractions) + ' |')
+  lines.append('| Bach: valid vs test (noise floor) | ' + ' | '.join(
+      _ci(report['noise_floor']['distance']) for _ in fractions) + ' |')
   lines += ['', '## Test likelihood by budget (exact or bound, nats per frame)', '',
             '| family | kind | ' + ' | '.join(f'{f:g}' for f in fractions) + ' |',
             '|---|---|' + '---|' * len(fractions)]
@@ -234,10 +245,12 @@ def markdown(report):
           _ci(pts[fam].get(f'{f:g}', {}).get('likelihood')) for f in fractions) + ' |')
   names = sorted(report['reference']['metrics'])
   lines += ['', '## Every metric at the full budget (mean over samples)', '',
-            '| metric | Bach (test) | ' + ' | '.join(report['ranking']) + ' |',
-            '|---|---:|' + '---|' * len(report['ranking'])]
+            '| metric | Bach (test) | Bach (valid) | ' + ' | '.join(report['ranking']) + ' |',
+            '|---|---:|---:|' + '---|' * len(report['ranking'])]
   for name in names:
-    lines.append(f'| {name} | {report["reference"]["metrics"][name]:.3f} | ' + ' | '.join(
-        _ci(pts[fam][last]['metrics'].get(name)) for fam in report['ranking']) + ' |')
+    lines.append(f'| {name} | {report["reference"]["metrics"][name]:.3f} | '
+                 f'{report["noise_floor"]["metrics"].get(name, float("nan")):.3f} | ' +
+                 ' | '.join(_ci(pts[fam][last]['metrics'].get(name))
+                            for fam in report['ranking']) + ' |')
   lines += ['', '![distance and likelihood by budget](study_budget.png)', '']
   return '\n'.join(lines)
