@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def load_model(workdir, step=None):
-  """Loads a trained run for sampling and scoring -> bach_jax.generate.LoadedModel.
+  """Loads a trained run for sampling and scoring -> bach_jax.loaded.LoadedModel.
 
   workdir: a run's folder (a path, or gs://...) as `python -m bach_jax.main
   --workdir=DIR` writes it; its config comes from DIR/config.json, whatever the
@@ -18,7 +18,7 @@ def load_model(workdir, step=None):
 
   Every model has sample(), score() and write(); the latent families (VAE, VQ-VAE)
   also encode(), decode(), reconstruct() and interpolate(). Pieces are PianoRoll
-  objects; see help(bach_jax.generate.LoadedModel). For example:
+  objects; see help(bach_jax.loaded.LoadedModel). For example:
 
     import bach_jax
     model = bach_jax.load_model('runs/quickstart')       # best checkpoint
@@ -27,5 +27,5 @@ def load_model(workdir, step=None):
     result = model.score(pieces)                          # nats per frame
     print(result[result['select_by']], result['likelihood'])  # exact, bound (or none)
   """
-  from bach_jax import generate  # Imported lazily: `import bach_jax` stays light.
-  return generate.load_model(workdir, step=step)
+  from bach_jax import loaded  # Imported lazily: `import bach_jax` stays light.
+  return loaded.load_model(workdir, step=step)

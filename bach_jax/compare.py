@@ -5,7 +5,7 @@ r"""The comparison report: trained runs of any family, side by side with held-ou
       [--sample_batch=16] [--voices=roll|own] [--cut_reference=true] [--cache_dir=DIR]
       [--clips_per_run=3] [--listening_pairs=24] [--excerpt_steps=64] [--instrument=organ]
 
-For every run: its best checkpoint (generate.load_model; the family is read from
+For every run: its best checkpoint (loaded.load_model; the family is read from
 the run, only the family contract is used), N sampled pieces of the same length
 and temperature with a fixed seed, every metric of `metrics.evaluate_set`
 compared with the reference (`metrics.compare`), and the likelihood of the test
@@ -55,7 +55,7 @@ from bach_jax import compare_plots
 from bach_jax import errors
 from bach_jax import compare_report
 from bach_jax import experiment
-from bach_jax import generate
+from bach_jax import loaded
 from bach_jax import metrics
 from bach_jax import workdir as workdir_lib
 from bach_jax.errors import CompareError
@@ -207,7 +207,7 @@ def sample_metric_summary(model, corpus, num_pieces=64, num_steps=256, seed=0,
   as in the report.
 
   Args:
-    model: generate.LoadedModel.
+    model: loaded.LoadedModel.
     corpus: the run's Corpus (experiment.setup(model.config).corpus).
     num_pieces, num_steps, seed: the samples.
     temperature: default model.config.sample.temperature.
@@ -237,7 +237,7 @@ def sample_metric_summary(model, corpus, num_pieces=64, num_steps=256, seed=0,
 
 def _run_entry(workdir, label, settings, reference, ref_spq, log):
   """Loads, samples, scores and measures one run -> (report entry, its samples)."""
-  model = generate.load_model(workdir)
+  model = loaded.load_model(workdir)
   if settings.cache_dir:
     model.config.data.cache_dir = settings.cache_dir
   corpus = experiment.setup(model.config).corpus

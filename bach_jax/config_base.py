@@ -92,7 +92,12 @@ def base_config():
   sample.top_p = 1.0  # 1.0 = off.
   sample.primer = ''  # '' | PATH.mid | 'test:INDEX' (or train:, valid:; split:INDEX = sample.split's).
   sample.primer_steps = 0  # Frames of the primer to keep (0 = all).
-  sample.harmonize = ''  # PATH.mid: its melody is clamped as the soprano.
+  sample.harmonize = ''  # PATH.mid: its melody is clamped as the soprano (or sample.given).
+  sample.given = 'soprano'  # The voice sample.harmonize gives: soprano; alto, tenor or bass
+  #   (e.g. a bass line to realize) for a family that inpaints (the harmonizer).
+  sample.inpaint = ''  # --mode=inpaint: the piece (PATH.mid or test:INDEX) to rewrite part of.
+  sample.inpaint_span = ''  # START:END frames rewritten ('' = the whole piece).
+  sample.inpaint_voices = 'alto'  # Comma-separated voices rewritten over the span.
   sample.split = 'test'  # Split used by --mode=evaluate and --mode=reconstruct.
   sample.interpolate = ''  # --mode=interpolate: 'A,B', each PATH.mid or 'test:INDEX' (as primer).
   sample.interpolation_points = 5  # Points from A to B, both ends included.
@@ -151,6 +156,9 @@ def check_variant(config_file, arg, variants):
                      f'(known: {", ".join(variants)})')
 
 
+VOICES = ('soprano', 'alto', 'tenor', 'bass')  # sample.given, sample.inpaint_voices.
+
+
 def keep_steps(config):
   """train.keep_steps as a sorted tuple of ints (ValueError when malformed)."""
   steps = tuple(sorted(int(x) for x in str(config.train.keep_steps).split(',') if x.strip()))
@@ -207,6 +215,11 @@ def validate(config, device_count=1):
   _require(0 < s.top_p <= 1, 'sample.top_p', 'must be in (0, 1]')
   _require(s.top_k >= 0, 'sample.top_k', 'must be >= 0')
   _require(s.num_steps >= 1, 'sample.num_steps', 'must be >= 1')
+  _require(str(s.given).lower() in VOICES, 'sample.given',
+           f'must be one of {", ".join(VOICES)}, got {s.given!r}')
+  _require(all(v.strip().lower() in VOICES for v in str(s.inpaint_voices).split(',')),
+           'sample.inpaint_voices', f'must be voices among {", ".join(VOICES)}, got '
+           f'{s.inpaint_voices!r}')
   _require(s.instrument in audio.INSTRUMENTS, 'sample.instrument',
            f'must be one of {", ".join(audio.INSTRUMENTS)}, got {s.instrument!r}')
   voice_leading.rules_from_config(config)  # ConfigError naming sample.rules / rule_penalty.

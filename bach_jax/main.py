@@ -7,6 +7,10 @@ r"""bach_jax entry point.
   python -m bach_jax.main --config=configs/lstm.py --mode=prepare                  # corpus summary
   python -m bach_jax.main --workdir=DIR --mode=reconstruct --config.sample.num_pieces=4   # latent
   python -m bach_jax.main --workdir=DIR --mode=interpolate --config.sample.interpolate=split:0,split:1
+  python -m bach_jax.main --workdir=DIR --mode=sample --config.sample.harmonize=BASS.mid \
+      --config.sample.given=bass                                                   # harmonizer
+  python -m bach_jax.main --workdir=DIR --mode=inpaint --config.sample.inpaint=test:3 \
+      --config.sample.inpaint_span=32:64 --config.sample.inpaint_voices=alto       # harmonizer
 
 --mode=sample / evaluate on an existing workdir reuse its config.json, with any
 --config.KEY=VALUE overrides applied on top (e.g. a different data.source).
@@ -35,8 +39,10 @@ from bach_jax.errors import EXIT_INTERRUPTED  # pylint: disable=unused-import  (
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory of the run: checkpoints, metrics, samples.')
 flags.DEFINE_enum('mode', 'train',
-                  ['train', 'sample', 'evaluate', 'reconstruct', 'interpolate', 'prepare'],
-                  'What to do (reconstruct / interpolate: latent families only).')
+                  ['train', 'sample', 'evaluate', 'reconstruct', 'interpolate', 'inpaint',
+                   'prepare'],
+                  'What to do (reconstruct / interpolate: latent families only; inpaint: '
+                  'the harmonizer).')
 flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: best, else latest).')
 flags.DEFINE_string('outdir', None, 'Where sample / reconstruct / interpolate write '
                     '(default: WORKDIR/samples); another folder leaves the workdir '
@@ -249,9 +255,9 @@ def _sample_or_evaluate(mode):
 def _load_and_run(mode, workdir, outdir):
   import jax  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
-  from bach_jax import compare, evaluate, experiment, generate, latent_ops, metric_writers
+  from bach_jax import compare, evaluate, experiment, generate, latent_ops, loaded, metric_writers
   from bach_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  model = generate.load_model(workdir, step=FLAGS.step)
+  model = loaded.load_model(workdir, step=FLAGS.step)
   run_config = model.config
   config = FLAGS.config if FLAGS.config is not None else run_config
   model.config = config
@@ -279,9 +285,13 @@ def _load_and_run(mode, workdir, outdir):
     print(json.dumps(metric_writers.json_safe(run(model, exp.corpus, str(outdir))),
                      allow_nan=False))
     return
-  paths = generate.sample_to_files(exp.family, config, model.params,
-                                   jax.random.key(config.seed + 12345), outdir,
-                                   corpus=exp.corpus, prefix=f'step{model.step}')
+  if mode == 'inpaint':
+    paths = generate.inpaint_to_files(exp.family, config, model.params,
+                                      jax.random.key(config.seed + 12345), outdir, exp.corpus)
+  else:
+    paths = generate.sample_to_files(exp.family, config, model.params,
+                                     jax.random.key(config.seed + 12345), outdir,
+                                     corpus=exp.corpus, prefix=f'step{model.step}')
   print('\n'.join(paths))
 
 

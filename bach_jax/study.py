@@ -264,11 +264,11 @@ def score(run, fraction, step, preset, out, corpora, log=print):
   bootstrap replicates (family.summarize of resampled per-piece sums)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
-  from bach_jax import compare, evaluate, experiment, generate, metric_writers, metrics
+  from bach_jax import compare, evaluate, experiment, loaded, metric_writers, metrics
   path = eval_path(out, run.family, run.seed, fraction)
   if os.path.exists(path):
     return False
-  model = generate.load_model(run.workdir, step=step)
+  model = loaded.load_model(run.workdir, step=step)
   model.config.seed = 0  # One compiled sampler and scorer for every seed's run.
   key = model.config.data.to_json()
   if key not in corpora:

@@ -38,6 +38,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from bach_jax import compare  # pylint: disable=g-import-not-at-top
 from bach_jax import experiment  # pylint: disable=g-import-not-at-top
 from bach_jax import generate  # pylint: disable=g-import-not-at-top
+from bach_jax import loaded  # pylint: disable=g-import-not-at-top
 from bach_jax import metrics  # pylint: disable=g-import-not-at-top
 from bach_jax import pieces as pieces_lib  # pylint: disable=g-import-not-at-top
 from bach_jax import voice_leading as vl  # pylint: disable=g-import-not-at-top
@@ -119,7 +120,7 @@ def measure_set(pieces, ref, spq):
 def measure(workdir, variants=VARIANTS, num_pieces=64, num_steps=256, seeds=(0,),
             temperature=1.0, nll=True, cache_dir=''):
   """-> (rows: list of dicts, reference: dict), see the module docstring."""
-  model = generate.load_model(workdir)
+  model = loaded.load_model(workdir)
   if cache_dir:
     model.config.data.cache_dir = cache_dir
   corpus = experiment.setup(model.config).corpus

@@ -21,8 +21,8 @@ from bach_jax.data import pipeline
 from train_helpers import load_config
 
 NUM_STEPS = 30
-# The families whose bf16 run is trained: the first of each likelihood kind.
-TRAINED = {min(n for n in models.REGISTRY
+# The families whose bf16 run is trained: the first registered of each likelihood kind.
+TRAINED = {next(n for n in models.REGISTRY
                if models.get_family(n).CAPABILITIES.likelihood == kind)
            for kind in {models.get_family(n).CAPABILITIES.likelihood for n in models.REGISTRY}}
 # A dot_general of the lowered step: '(tensor<..xA>, tensor<..xB>) -> tensor<..xC>'.

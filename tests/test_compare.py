@@ -12,6 +12,7 @@ from bach_jax import compare
 from bach_jax import compare_report
 from bach_jax import experiment
 from bach_jax import generate
+from bach_jax import loaded
 from bach_jax import models
 from bach_jax import train
 from bach_jax.data import corpora
@@ -112,7 +113,7 @@ def test_reference_against_itself_is_distance_zero_and_noise_floor_is_not(report
 
 def test_sample_metric_summary_is_json_safe_and_seeded(trained, cache_dir):
   root, _ = trained
-  model = generate.load_model(os.path.join(root, 'lstm'))
+  model = loaded.load_model(os.path.join(root, 'lstm'))
   model.config.data.cache_dir = cache_dir
   corpus = experiment.setup(model.config).corpus
   lines = []

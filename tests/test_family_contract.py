@@ -19,6 +19,7 @@ import pytest
 
 from bach_jax import experiment
 from bach_jax import generate
+from bach_jax import loaded
 from bach_jax import metric_writers
 from bach_jax import models
 from bach_jax import parallel
@@ -85,7 +86,7 @@ def test_family_trains_evaluates_and_samples(run):
   if caps.likelihood != 'none':
     for split in ('valid', 'test'):
       assert np.isfinite(result[f'best_{split}_{caps.select_by}']), result
-  model = generate.load_model(workdir)
+  model = loaded.load_model(workdir)
   assert model.step == RUN_STEPS
   pieces = model.sample(num_pieces=2, num_steps=12, seed=1)
   assert [p.roll.shape for p in pieces] == [(12, 88)] * 2

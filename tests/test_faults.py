@@ -31,6 +31,7 @@ from bach_jax import config_base
 from bach_jax import evaluate
 from bach_jax import experiment
 from bach_jax import generate
+from bach_jax import loaded
 from bach_jax import metric_writers
 from bach_jax import pieces as pieces_lib
 from bach_jax import plotting
@@ -136,7 +137,7 @@ def test_damaged_best_and_latest_fall_back_for_sampling(run, tmp_path, capsys, h
   workdir = copy_run(run, tmp_path)
   damage(workdir, 'best/60', how)
   damage(workdir, 'checkpoints/60', how)
-  model = generate.load_model(workdir)
+  model = loaded.load_model(workdir)
   assert model.step == 30
   err = capsys.readouterr().err
   assert 'Traceback' not in err and 'Event loop is closed' not in err
@@ -153,7 +154,7 @@ def test_no_intact_checkpoint_names_the_directory(run, tmp_path):
   for where in ('best/60', 'checkpoints/60', 'checkpoints/30'):
     damage(workdir, where, 'empty_metadata')
   with pytest.raises(checkpoints.CheckpointError, match=f'{workdir}: no checkpoint restores'):
-    generate.load_model(workdir)
+    loaded.load_model(workdir)
 
 
 def test_resuming_another_model_is_a_config_error_not_damage(run, tmp_path):
@@ -189,7 +190,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(resumed_past_damage)
   assert any(f'{workdir}/best/60: damaged checkpoint' in x for x in warned)
   # Moved aside, not deleted: nothing already written is lost.
   assert sorted(os.listdir(os.path.join(workdir, 'damaged'))) == ['best-60', 'checkpoints-60']
-  assert generate.load_model(workdir).step == 60
+  assert loaded.load_model(workdir).step == 60
 
 
 def test_cli_evaluate_falls_back_with_one_line_warnings(run, tmp_path):
@@ -229,7 +230,7 @@ def test_disk_full_names_the_path_and_the_space_needed(run, tmp_path, monkeypatc
   assert line.startswith(f'{workdir}/checkpoints/70: no space left on device')
   assert re.search(r'needs about [\d.]+ KiB', line) and 'step 60 is intact' in line
   monkeypatch.setattr(ocp.CheckpointManager, 'save', real)
-  assert generate.load_model(workdir, best=False).step == 60
+  assert loaded.load_model(workdir, best=False).step == 60
 
 
 def can_unshare():
@@ -376,7 +377,7 @@ def test_long_piece_gets_no_wav_and_a_note(tmp_path, monkeypatch, capsys):
 
 
 def test_sample_that_cannot_fit_is_refused_before_it_starts(run, monkeypatch):
-  model = generate.load_model(run)
+  model = loaded.load_model(run)
   monkeypatch.setattr(generate, '_available_memory', lambda: 1 << 20, raising=False)
   monkeypatch.setattr(generate.family_lib, 'jitted', None)  # Must not be reached.
   with pytest.raises(generate.SampleError, match='config.sample.num_steps=100000'):
@@ -386,7 +387,7 @@ def test_sample_that_cannot_fit_is_refused_before_it_starts(run, monkeypatch):
 def test_long_sampling_prints_size_estimate_and_rate(run, monkeypatch, capsys):
   monkeypatch.setattr(generate, 'LONG_SAMPLE_STEPS', 32, raising=False)
   monkeypatch.setattr(generate, 'TRIAL_STEPS', 8, raising=False)
-  model = generate.load_model(run)
+  model = loaded.load_model(run)
   capsys.readouterr()
   model.sample(num_pieces=2, num_steps=40)
   notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith('note:')]

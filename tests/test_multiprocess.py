@@ -25,6 +25,7 @@ import pytest
 
 from bach_jax import finetune
 from bach_jax import generate
+from bach_jax import loaded
 from bach_jax import metric_writers
 from bach_jax import parallel
 from bach_jax import train
@@ -187,7 +188,7 @@ def test_two_processes_train_resume_and_hand_over_to_one(reference, tmp_path):
   # A model the two processes saved loads and samples in one process (a slice's run on
   # a laptop), with no warning that it is damaged.
   warnings = []
-  model = generate.load_model(workdir, best=False, warn=warnings.append)
+  model = loaded.load_model(workdir, best=False, warn=warnings.append)
   assert model.step == 20 and not warnings, warnings
   assert model.sample(num_pieces=1, num_steps=8)[0].roll.shape == (8, 88)
 

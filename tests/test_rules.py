@@ -12,6 +12,7 @@ import pytest
 from bach_jax import config_base
 from bach_jax import experiment
 from bach_jax import generate
+from bach_jax import loaded
 from bach_jax import pieces as pieces_lib
 from bach_jax import train
 from bach_jax import voice_leading as vl
@@ -239,7 +240,7 @@ def test_harmonization_under_rules_keeps_primer_and_melody(order):
 def test_loaded_model_samples_and_scores_under_rules(make_piece):
   config = _config(num_voices=4, **WIDE)
   params = _params(config, _batch(np.random.default_rng(8), 1, 3), scale=0.5)
-  model = generate.LoadedModel(config, lstm_attn, params, 0,
+  model = loaded.LoadedModel(config, lstm_attn, params, 0,
                                {'num_voices': 4, 'steps_per_quarter': 4})
   plain = model.sample(num_pieces=2, num_steps=16, seed=1)
   again = model.sample(num_pieces=2, num_steps=16, seed=1, rules='')
@@ -314,7 +315,7 @@ def test_a_trained_run_samples_scores_and_loads_under_rules_from_the_cli(trained
   plain = result['best_test_frame_nll']
   assert np.isfinite(scored['frame_nll']) and scored['frame_nll'] != pytest.approx(plain)
   assert np.isfinite(scored['sample_metrics']['distance'])
-  model = generate.load_model(workdir)
+  model = loaded.load_model(workdir)
   corpus = experiment.setup(model.config).corpus
   primer = pieces_lib.load_piece('test:1', model.steps_per_quarter, corpus, num_steps=4)
   melody = pieces_lib.load_piece('test:1', model.steps_per_quarter, corpus).voices[:12, 0]

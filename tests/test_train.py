@@ -14,6 +14,7 @@ from bach_jax import checkpoints
 from bach_jax import config_base
 from bach_jax import experiment
 from bach_jax import generate
+from bach_jax import loaded
 from bach_jax import metric_writers
 from bach_jax import parallel
 from bach_jax import pieces as pieces_lib
@@ -115,7 +116,7 @@ def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path, cache_dir, monke
                               'train.checkpoint_every': 10, 'train.eval_every': 0})
   with pytest.raises(train.NonFiniteLossError, match='step 15'):
     train.train_and_evaluate(config, workdir)
-  model = generate.load_model(workdir, best=False)
+  model = loaded.load_model(workdir, best=False)
   assert model.step == 10
   assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(model.params))
   pieces = model.sample(num_pieces=2, num_steps=8)
@@ -132,8 +133,8 @@ def test_restore_then_sample_equals_before_save(tmp_path, cache_dir):
   ckpt.save(7, state, {'epoch': 0}, {'step': 7, 'num_voices': None, 'steps_per_quarter': 4})
   ckpt.wait()
   ckpt.close()
-  before = generate.LoadedModel(config, lstm, state.params, 7, {'steps_per_quarter': 4})
-  after = generate.load_model(workdir)
+  before = loaded.LoadedModel(config, lstm, state.params, 7, {'steps_per_quarter': 4})
+  after = loaded.load_model(workdir)
   assert after.step == 7
   a = before.sample(num_pieces=3, num_steps=20, seed=5)
   b = after.sample(num_pieces=3, num_steps=20, seed=5)
@@ -158,7 +159,7 @@ def test_ema_run_evaluates_and_serves_the_average(tmp_path, cache_dir):
         lstm, config, None, parallel.replicated(parallel.make_mesh())), best=True)
   finally:
     ckpt.close()
-  served = generate.load_model(workdir).params
+  served = loaded.load_model(workdir).params
   for a, e in zip(jax.tree.leaves(served), jax.tree.leaves(state.ema_params)):
     np.testing.assert_array_equal(a, e)
 

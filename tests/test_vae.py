@@ -10,6 +10,7 @@ import pytest
 
 from bach_jax import experiment
 from bach_jax import generate
+from bach_jax import loaded
 from bach_jax import train
 from bach_jax.data import pipeline
 from bach_jax.models import common
@@ -54,7 +55,7 @@ def trained(trained_run):
   """configs/vae.py:test trained on the embedded chorales (the session's shared run,
   conftest.trained_run): (workdir, result, model)."""
   workdir, result = trained_run('vae')
-  return workdir, result, generate.load_model(workdir)
+  return workdir, result, loaded.load_model(workdir)
 
 
 def test_kl_closed_form_equals_monte_carlo():

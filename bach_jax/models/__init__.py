@@ -19,6 +19,7 @@ REGISTRY = {
     'vqvae': 'bach_jax.models.vqvae',
     'vqvae_prior': 'bach_jax.models.vqvae_prior',
     'gan': 'bach_jax.models.gan',
+    'harmonizer': 'bach_jax.models.harmonizer',
 }
 
 

@@ -179,6 +179,8 @@ class SampleRequest:
   primer: bool[N, P, 88] frames to continue (None: start from silence).
   primer_voices: int[N, P, V] their voices, for voice models (REST = -1).
   melody: int[N, P + num_steps] soprano pitch (REST = -1) to clamp (harmonization).
+  given: int[N, P + num_steps, V] each voice's pitch (REST = -1) where given, -2 where
+    generated (CAPABILITIES.inpaint).
   latent_temperature: scale of the prior's standard deviation (latent families).
   """
   num_pieces: int = flax.struct.field(pytree_node=False, default=4)
@@ -190,6 +192,7 @@ class SampleRequest:
   primer: Any = None
   primer_voices: Any = None
   melody: Any = None
+  given: Any = None
 
 
 NEG_LOGIT = -1e9  # Logit of a class sampling must not pick (finite: no NaN).

@@ -94,6 +94,9 @@ class Capabilities:
       (lower is better) and heads the evaluation's log line.
     primer: sample() continues request.primer.
     melody: sample() clamps request.melody (harmonization).
+    inpaint: sample() generates the cells of request.given marked MISSING (-2) given all
+      the others, before and after them (any voices over any frames: harmonizing any
+      voice, rewriting a span).
     voices: the model uses the corpus's voices; sampling on a corpus with another
       voice count is refused.
     latent: encode / decode exist (reconstruction, interpolation).
@@ -111,6 +114,7 @@ class Capabilities:
   select_by: str
   primer: bool = False
   melody: bool = False
+  inpaint: bool = False
   voices: bool = False
   latent: bool = False
   rules: bool = False

@@ -148,24 +148,32 @@ def mask_all(info, logits, target):
                     for j in range(info.num_slots)], axis=-2)
 
 
+def slot_nlls(logits, target):
+  """-log p(slot_j | ...) of every slot from masked logits float[..., S, C] and slots
+  int[..., S] -> float[..., S]."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+
+
 def slot_nll(logits, target):
   """-log p(frame) from masked logits float[..., S, C] and slots int[..., S] -> float[...]."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.sum(jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0], axis=-1)
+  return jnp.sum(slot_nlls(logits, target), axis=-1)
 
 
-def choose_slots(info, head_fn, forced, key, temperature=1.0, top_k=0, top_p=1.0):
+def choose_slots(info, head_fn, forced, key, temperature=1.0, top_k=0, top_p=1.0,
+                 counted=None):
   """One frame, head by head: -> (slots int32[N, S], log p(slots) float[N]).
 
   head_fn(j, slots) -> logits float[N, C] of head j given the slots chosen so far.
   forced[:, j] >= 0 clamps slot j, -1 samples it (temperature / top-k / top-p);
   the log-probability is the unfiltered model's, so forcing every slot scores data.
+  counted: bool[N, S], the slots whose log-probability is summed (None: all).
   """
-  return _choose(info, head_fn, forced, key, temperature, top_k, top_p)[:2]
+  return _choose(info, head_fn, forced, key, temperature, top_k, top_p, None, counted)[:2]
 
 
 def choose_slots_with_rules(info, head_fn, forced, key, adjust, temperature=1.0, top_k=0,
-                            top_p=1.0):
+                            top_p=1.0, counted=None):
   """choose_slots under voice-leading rules (models/rules.py): each head's masked logits
   go through adjust(j, logits, slots) -> (logits float[N, C], fallback bool[N]) before
   they are filtered and sampled, and log p is the constrained model's (its teacher-forced
@@ -174,10 +182,10 @@ def choose_slots_with_rules(info, head_fn, forced, key, adjust, temperature=1.0,
   -> (slots int32[N, S], log p(slots) float[N], fallbacks int32[N]: sampled heads at
   which every pitch broke a rule).
   """
-  return _choose(info, head_fn, forced, key, temperature, top_k, top_p, adjust)
+  return _choose(info, head_fn, forced, key, temperature, top_k, top_p, adjust, counted)
 
 
-def _choose(info, head_fn, forced, key, temperature, top_k, top_p, adjust=None):
+def _choose(info, head_fn, forced, key, temperature, top_k, top_p, adjust=None, counted=None):
   slots = jnp.zeros(forced.shape, jnp.int32)
   logp = jnp.zeros(forced.shape[:1], jnp.float32)
   fallbacks = jnp.zeros(forced.shape[:1], jnp.int32) if adjust is not None else None
@@ -190,5 +198,6 @@ def _choose(info, head_fn, forced, key, temperature, top_k, top_p, adjust=None):
         jax.random.fold_in(key, j), common.filter_logits(logits, temperature, top_k, top_p))
     choice = jnp.where(forced[:, j] >= 0, forced[:, j], drawn).astype(jnp.int32)
     slots = slots.at[:, j].set(choice)
-    logp += jnp.take_along_axis(jax.nn.log_softmax(logits), choice[:, None], -1)[:, 0]
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), choice[:, None], -1)[:, 0]
+    logp += lp if counted is None else jnp.where(counted[:, j], lp, 0.0)
   return slots, logp, fallbacks

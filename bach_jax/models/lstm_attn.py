@@ -192,15 +192,18 @@ def make_model(config, info):
 
 # --------------------------------------------------------- family surface
 
-def frame_logits(config, params, batch, rng=None, rules=None):
+def frame_logits(config, params, batch, rng=None, rules=None, context=None):
   """Teacher-forced masked logits float[B, T-1, S, C] and target slots int32[B, T-1, S].
 
   rules: a rules.RuleSet (None: off): the logits of the model constrained by them.
+  context: float[B, T-1, C] appended to every step's input (the harmonizer's), or None.
   """
   info = _info(config, batch, params)
   model = make_model(config, info)
   roll, start, vcls, target = heads.frame_inputs_targets(info, batch)
   x = model.apply({'params': params}, roll, start, vcls, method=LSTMAttn.embed_inputs)
+  if context is not None:
+    x = jnp.concatenate([x, context], axis=-1)
   logits = model.apply({'params': params}, x, target, deterministic=rng is None,
                        rngs=None if rng is None else {'dropout': rng})
   logits = heads.mask_all(info, logits, target)
@@ -251,7 +254,8 @@ summarize = common.summarize_frame_nll
 
 def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0, rules=None,
                  lookahead=False):
-  """-> step(state, (forced int32[N, S], key)) -> (state, (slots int32[N, S], logp float[N])).
+  """-> step(state, (forced int32[N, S], key[, context float[N, C], counted bool[N, S]]))
+  -> (state, (slots int32[N, S], logp float[N])).
 
   state = (lstm carry, attention cache or None, roll_prev bool[N, 88], vcls_prev
   int32[N, V] or None, t int32). forced[:, j] >= 0 clamps slot j, -1 samples it
@@ -259,26 +263,31 @@ def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0, rule
   unfiltered model, so teacher-forcing every slot scores the data. With rules (a
   rules.RuleSet) the heads are constrained, logp is the constrained model's and the
   step also outputs fallbacks int32[N] (heads.choose_slots_with_rules); lookahead:
-  a head also keeps the rules with clamped slots after it (harmonization).
+  a head also keeps the rules with clamped slots after it (harmonization). A model
+  that reads more than the previous frame (the harmonizer) gives each step's context,
+  appended to its input, and the slots whose log p counts.
   """
   model = make_model(config, info)
   apply = lambda *a, **k: model.apply({'params': params}, *a, **k)
 
   def step(state, inputs):
     carry, cache, roll_prev, vcls_prev, t = state
-    forced, key = inputs
+    forced, key, *more = inputs
+    context, counted = (more + [None, None])[:2]
     start = jnp.broadcast_to(t == 0, roll_prev.shape[:1])  # Step 0 reads the start frame.
     x = apply(roll_prev, start, vcls_prev, method=LSTMAttn.embed_inputs)
+    if context is not None:
+      x = jnp.concatenate([x, context], axis=-1)
     z, carry, cache = apply(x, carry, cache, t, method=LSTMAttn.encode_step)
     head = lambda j, slots: apply(j, z, slots, method=LSTMAttn.head_logits)
     if rules is None:
-      out = heads.choose_slots(info, head, forced, key, temperature, top_k, top_p)
+      out = heads.choose_slots(info, head, forced, key, temperature, top_k, top_p, counted)
     else:
       adjust = rules_lib.make_adjust(
           info, rules, rules_lib.previous_voices(info, roll_prev, vcls_prev),
           forced if lookahead else None)
       out = heads.choose_slots_with_rules(info, head, forced, key, adjust, temperature, top_k,
-                                          top_p)
+                                          top_p, counted)
     roll, vcls = slots_to_frame(info, out[0])
     return (carry, cache, roll, vcls, t + 1), out
 
@@ -316,6 +325,66 @@ def score_stepwise(config, params, batch, rules=None):
   return -jnp.swapaxes(logp, 0, 1)
 
 
+def request_slots(info, request):
+  """A request's clamped slots -> (forced int32[N, P + num_steps, S], -1 where sampled).
+
+  The primer's frames (request.primer / primer_voices) are clamped whole;
+  request.melody int[N, P + num_steps] (REST -1) clamps the soprano (voice 0; in set
+  mode the top note, soprano_first only) at every sampled step; request.given
+  int[N, P + num_steps, V] (voice mode) clamps each voice where it is >= -1 (a pitch or
+  REST; -2: sampled). This causal model reads the clamped cells of the past and of the
+  frame's earlier slots only; the harmonizer reads them all."""
+  n, steps = request.num_pieces, request.num_steps
+  total = steps
+  forced = jnp.full((n, steps, info.num_slots), -1, jnp.int32)
+  if request.primer is not None:
+    primer = jnp.asarray(request.primer, bool)
+    total = primer.shape[1] + steps
+    if info.num_voices and request.primer_voices is None:
+      raise ValueError('sample: a voice model needs request.primer_voices with the primer')
+    pv = None if not info.num_voices else jnp.asarray(request.primer_voices)
+    forced = jnp.concatenate([frame_slots(info, primer, pv), forced], axis=1)
+  if request.melody is not None:
+    if not info.num_voices and not info.soprano_first:
+      raise ConfigError("config.model.voice_order: harmonization in set mode needs "
+                        "'soprano_first' (the melody is the first slot)")
+    mel = jnp.asarray(request.melody, jnp.int32)[:, :total]
+    mel = jnp.where(mel < 0, info.num_keys, jnp.clip(mel - info.lo, 0, info.num_keys - 1))
+    slot = info.order.index(0) if info.num_voices else 0
+    sampled = jnp.arange(total) >= total - steps
+    forced = forced.at[:, :, slot].set(jnp.where(sampled[None], mel, forced[:, :, slot]))
+  if request.given is not None:
+    if not info.num_voices:
+      raise ConfigError('sample: request.given needs a voice model (model.num_voices > 0); '
+                        'in set mode give the top line as request.melody')
+    given = jnp.asarray(request.given, jnp.int32)[:, -total:]
+    order = jnp.array(info.order)
+    classes = voice_classes(info, jnp.maximum(given, -1))[..., order]
+    forced = jnp.where((given >= -1)[..., order], classes, forced)
+  return forced
+
+
+def run_sampler(config, params, info, rng, request, forced, rules, lookahead, context=None):
+  """The step function scanned over forced's steps -> the family's sample output dict.
+
+  context: float[N, T, C] appended to every step's input (the harmonizer's), or None."""
+  n, total = forced.shape[:2]
+  state = _start_state(config, params, info, n, total)
+  step = make_step_fn(config, params, info, request.temperature, request.top_k, request.top_p,
+                      rules, lookahead=lookahead)
+  xs = (jnp.swapaxes(forced, 0, 1), jax.random.split(rng, total))
+  if context is not None:
+    xs += (jnp.swapaxes(context, 0, 1),)
+  _, (slots, _, *fallbacks) = jax.lax.scan(step, state, xs)
+  roll, vcls = slots_to_frame(info, jnp.swapaxes(slots, 0, 1))
+  out = {'roll': roll}
+  if info.num_voices:
+    out['voices'] = jnp.where(vcls == info.num_keys, -1, vcls + info.lo).astype(jnp.int32)
+  if rules is not None:
+    out['rule_fallbacks'] = jnp.sum(fallbacks[0], axis=0)
+  return out
+
+
 def sample(config, params, rng, request):
   """-> {'roll': bool[N, P + num_steps, 88], 'voices': int32[N, P + num_steps, V]}.
 
@@ -332,35 +401,5 @@ def sample(config, params, rng, request):
   rules = rules_lib.from_config(config)
   if rules is not None:
     rules_lib.check_layout(info)
-  n, steps = request.num_pieces, request.num_steps
-  total = steps
-  forced = jnp.full((n, steps, info.num_slots), -1, jnp.int32)
-  if request.primer is not None:
-    primer = jnp.asarray(request.primer, bool)
-    p = primer.shape[1]
-    total = p + steps
-    if info.num_voices and request.primer_voices is None:
-      raise ValueError('sample: a voice model needs request.primer_voices with the primer')
-    pv = None if not info.num_voices else jnp.asarray(request.primer_voices)
-    forced = jnp.concatenate([frame_slots(info, primer, pv), forced], axis=1)
-  if request.melody is not None:
-    if not info.num_voices and not info.soprano_first:
-      raise ConfigError("config.model.voice_order: harmonization in set mode needs "
-                                    "'soprano_first' (the melody is the first slot)")
-    mel = jnp.asarray(request.melody, jnp.int32)[:, :total]
-    mel = jnp.where(mel < 0, info.num_keys, jnp.clip(mel - info.lo, 0, info.num_keys - 1))
-    slot = info.order.index(0) if info.num_voices else 0
-    sampled = jnp.arange(total) >= total - steps
-    forced = forced.at[:, :, slot].set(jnp.where(sampled[None], mel, forced[:, :, slot]))
-  state = _start_state(config, params, info, n, total)
-  step = make_step_fn(config, params, info, request.temperature, request.top_k, request.top_p,
-                      rules, lookahead=request.melody is not None)
-  _, (slots, _, *fallbacks) = jax.lax.scan(
-      step, state, (jnp.swapaxes(forced, 0, 1), jax.random.split(rng, total)))
-  roll, vcls = slots_to_frame(info, jnp.swapaxes(slots, 0, 1))
-  out = {'roll': roll}
-  if info.num_voices:
-    out['voices'] = jnp.where(vcls == info.num_keys, -1, vcls + info.lo).astype(jnp.int32)
-  if rules is not None:
-    out['rule_fallbacks'] = jnp.sum(fallbacks[0], axis=0)
-  return out
+  return run_sampler(config, params, info, rng, request, request_slots(info, request), rules,
+                     lookahead=request.melody is not None or request.given is not None)

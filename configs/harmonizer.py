@@ -1,0 +1,38 @@
+"""The harmonizer (models/harmonizer.py): LSTM + attention + voice heads, conditioned by a
+bidirectional encoder of the given cells: harmonize a melody (or a bass line), rewrite a
+span, with the whole given line in view. Its score is the exact -log q(missing | given).
+
+Usage:
+  --config=configs/harmonizer.py        embedded Bach chorales (voices S,A,T,B)
+  --config=configs/harmonizer.py:test   tiny, trains end to end in seconds on CPU
+  --config=configs/harmonizer.py:jsb    JSB quarter-note benchmark (set mode: the top line)
+"""
+
+import importlib.util
+import os
+
+from bach_jax import config_base
+
+VARIANTS = ('test', 'jsb')
+
+
+def _lstm_attn_config(arg):
+  """configs/lstm_attn.py's config for the same variant: the causal part's keys."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lstm_attn.py')
+  spec = importlib.util.spec_from_file_location('configs_lstm_attn', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg=''):
+  config_base.check_variant('harmonizer.py', arg, VARIANTS)
+  config = _lstm_attn_config(arg)  # Every lstm_attn key, the same sizes and schedule.
+  m = config.model
+  m.name = 'harmonizer'  # Registry key (bach_jax/models/__init__.py).
+  m.encoder_hidden = 128  # Units per direction of the given cells' bidirectional LSTM.
+  m.given_embed_dim = 16  # Embedding of each given slot's class (or `missing`).
+  m.mask_weights = '0.45,0.25,0.2,0.1'  # Training masks: voice, span, mixed, none.
+  if arg == 'test':
+    m.encoder_hidden, m.given_embed_dim = 16, 4
+  return config
