@@ -99,7 +99,9 @@ class LoadedModel:
       melody = pieces_lib.soprano_line(pieces_lib.load_piece(melody, self.steps_per_quarter))
     melody = check_melody(melody)
     check_request_supported(self.family, melody=True, voice=voice)
-    if not self.family.CAPABILITIES.inpaint:
+    if not self.family.CAPABILITIES.inpaint or not self.num_voices:  # Causal, or set mode
+      if conditional.voice_index(voice) != 0:  # (JSB): the melody is the top line.
+        raise SampleError(f'voice {voice!r}: a model without voices takes the top line only')
       return self.sample(num_pieces, 1, temperature, top_k, top_p, seed, melody=melody,
                          rules=rules, rule_penalty=rule_penalty)
     return self._fill(conditional.melody_given(melody, voice, self.num_voices or 4),

@@ -301,10 +301,6 @@ def score(run, fraction, step, preset, out, corpora, log=print):
   return True
 
 
-def _eta(done, total, seconds):
-  return '?' if not done else f'{(total - done) * seconds / done / 60:.0f} min'
-
-
 def run_study(preset, out, config_dir='configs', log=print):
   """Trains every run, scores every checkpoint, writes the report -> the report dict."""
   from bach_jax import compare_study  # pylint: disable=g-import-not-at-top
@@ -320,8 +316,9 @@ def run_study(preset, out, config_dir='configs', log=print):
       if score(run, fraction, step, preset, out, corpora, log):
         work += 1
     done = i + 1 + sum(len(r.scores) for r in runs[:i + 1])
-    log(f'study: {done}/{total} runs and scored checkpoints, '
-        f'{(time.perf_counter() - t0) / 60:.1f} min, ETA {_eta(work, total - done + work, time.perf_counter() - t0)}')
+    spent = time.perf_counter() - t0
+    eta = f'{(total - done) * spent / work / 60:.0f} min' if work else '?'
+    log(f'study: {done}/{total} runs and scored checkpoints, {spent / 60:.1f} min, ETA {eta}')
   return compare_study.write_report(out, log=log)
 
 
@@ -356,14 +353,10 @@ def time_runs(preset, config_dir, steps, log=print):
       if proc.returncode != 0 or not found:
         raise StudyError(f'timing {run.family} failed: {proc.stderr.strip()[-300:]}')
       rate[run.family] = float(found[-1])
-      log(f'{run.family}: {rate[run.family]:.2f} steps/s, {frames_per_step_of(run):,} frames '
-          f'a step: {rate[run.family] * frames_per_step_of(run):,.0f} frames/s')
+      log(f'{run.family}: {rate[run.family]:.2f} steps/s, {run.frames // run.num_steps:,} frames '
+          f'a step: {rate[run.family] * run.frames // run.num_steps:,.0f} frames/s')
     seconds += run.num_steps / rate[run.family]
   return seconds / 3600
-
-
-def frames_per_step_of(run):
-  return run.frames // run.num_steps
 
 
 def describe_plan(preset, runs):
@@ -372,7 +365,7 @@ def describe_plan(preset, runs):
            f'{", ".join(f"{f:g}" for f in preset.fractions)}; {preset.seeds} seeds']
   for r in runs:
     lines.append(f'  {r.family:12s} seed {r.seed} {os.path.basename(r.workdir):8s} '
-                 f'{r.num_steps:6d} steps x {frames_per_step_of(r):6,} frames = '
+                 f'{r.num_steps:6d} steps x {r.frames // r.num_steps:6,} frames = '
                  f'{r.frames:,}')
   return lines
 

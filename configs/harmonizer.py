@@ -32,7 +32,8 @@ def get_config(arg=''):
   m.name = 'harmonizer'  # Registry key (bach_jax/models/__init__.py).
   m.encoder_hidden = 128  # Units per direction of the given cells' bidirectional LSTM.
   m.given_embed_dim = 16  # Embedding of each given slot's class (or `missing`).
-  m.mask_weights = '0.45,0.25,0.2,0.1'  # Training masks: voice, span, mixed, none.
+  m.mask_weights = '0.75,0.1,0.1,0.05'  # Training masks: voice, span, mixed, none.
+  m.mask_first_slot = 0.8  # A 'voice' mask gives the first slot (the soprano) this often.
   if arg == 'test':
     m.encoder_hidden, m.given_embed_dim = 16, 4
   return config

@@ -103,7 +103,7 @@ def test_given_cells_are_never_changed(model):
 
 
 def test_masks_of_every_kind():
-  config = _config()
+  config = _config(**{'model.mask_weights': '0.45,0.25,0.2,0.1', 'model.mask_first_slot': 0.5})
   given = np.asarray(harmonizer.random_given(config, jax.random.key(0), (400, 32, 4)))
   whole = given.all(axis=1)  # Slots given throughout, per row.
   counts = {'voice': int(np.sum((whole.sum(-1) == 1) & (given.sum((1, 2)) == 32))),

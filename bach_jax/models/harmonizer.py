@@ -8,7 +8,7 @@ voice to rewrite that span); the others, the missing cells, are generated. Per f
           class, or a `missing` token): it reads the given line before AND after t
   z_t   = LSTM + attention over the previous frames (all voices, given and generated)
           and e_t: lstm_attn's causal model, e_t appended to each step's input
-  slots = lstm_attn's frame heads, slot by slot; a given slot is clamped
+  slots = lstm_attn's frame heads on [z_t, e_t], slot by slot; a given slot is clamped
 
 so q(missing | given) = prod over frames, then slots, of p(missing slot | e_t, earlier
 frames, earlier slots of this frame) is a normalized distribution over the missing
@@ -56,6 +56,7 @@ def validate(config):
   heads.require(len(weights) == len(MASK_KINDS) and min(weights) >= 0 and sum(weights) > 0,
                 'mask_weights', f'must be {len(MASK_KINDS)} weights >= 0 ({", ".join(MASK_KINDS)})'
                 f', got {m.mask_weights!r}')
+  heads.require(0 <= m.mask_first_slot <= 1, 'mask_first_slot', 'must be in [0, 1]')
   heads.require(m.voice_order == 'soprano_first', 'voice_order',
                 "must be 'soprano_first' (the first slot is the evaluated given line)")
 
@@ -117,7 +118,8 @@ def first_slot_given(shape):
 
 def random_given(config, rng, shape):
   """A training mask bool[B, T, S] per row, of a kind drawn by config.model.mask_weights:
-  'voice' (one slot given throughout: the first half the time), 'span' (all given but
+  'voice' (one slot given throughout: the first with probability model.mask_first_slot,
+  else another), 'span' (all given but
   one slot over 4 frames to half the window), 'mixed' (one slot throughout and each
   other slot's 4-frame blocks at random), 'none' (nothing given)."""
   b, t, s = shape
@@ -125,7 +127,7 @@ def random_given(config, rng, shape):
   w = jnp.array([float(x) for x in str(config.model.mask_weights).split(',')])
   kind = jax.random.choice(k[0], len(MASK_KINDS), (b,), p=w / w.sum())
   slot = jnp.arange(s)[None, None]
-  voice = jnp.where(jax.random.uniform(k[1], (b,)) < 0.5, 0,
+  voice = jnp.where(jax.random.uniform(k[1], (b,)) < config.model.mask_first_slot, 0,
                     jax.random.randint(k[2], (b,), 1, max(s, 2)) % s)
   whole = jnp.broadcast_to(slot == voice[:, None, None], shape)
   length = jax.random.randint(k[3], (b,), 4, max(5, t // 2 + 1))
@@ -148,7 +150,7 @@ def init(config, rng, example_batch):
   enc = encoder.init(jax.random.fold_in(rng, 1), target, given, jnp.full((b,), t, jnp.int32))
   e = encoder.apply(enc, target, given, jnp.full((b,), t, jnp.int32))
   x = jnp.zeros(roll.shape[:-1] + (lstm_attn.input_size(config, info) + e.shape[-1],))
-  causal = lstm_attn.make_model(config, info).init(rng, x, target)['params']
+  causal = lstm_attn.make_model(config, info).init(rng, x, target, head_context=e)['params']
   return common.create_state({'causal': causal, 'given': enc['params']}, config.train)
 
 

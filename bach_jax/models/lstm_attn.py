@@ -176,9 +176,13 @@ class LSTMAttn(heads.FrameHeads, nn.Module):
                   self.dtype)
     return self._combine(h, ctx, True)[:, 0], carry, (kc, vc)
 
-  def __call__(self, x, slots, deterministic=True):
-    """Teacher-forced. x: float[B, T, D]; slots: int[B, T, S] targets -> [B, T, S, C]."""
-    return self.all_head_logits(self.encode(x, deterministic), slots, deterministic)
+  def __call__(self, x, slots, deterministic=True, head_context=None):
+    """Teacher-forced. x: float[B, T, D]; slots: int[B, T, S] targets -> [B, T, S, C].
+    head_context: float[B, T, C] given to the heads beside z_t (the harmonizer's), or None."""
+    z = self.encode(x, deterministic)
+    if head_context is not None:
+      z = jnp.concatenate([z, head_context], axis=-1)
+    return self.all_head_logits(z, slots, deterministic)
 
 
 def make_model(config, info):
@@ -196,7 +200,8 @@ def frame_logits(config, params, batch, rng=None, rules=None, context=None):
   """Teacher-forced masked logits float[B, T-1, S, C] and target slots int32[B, T-1, S].
 
   rules: a rules.RuleSet (None: off): the logits of the model constrained by them.
-  context: float[B, T-1, C] appended to every step's input (the harmonizer's), or None.
+  context: float[B, T-1, C] appended to every step's input and given to the heads beside
+  z_t (the harmonizer's), or None.
   """
   info = _info(config, batch, params)
   model = make_model(config, info)
@@ -205,7 +210,7 @@ def frame_logits(config, params, batch, rng=None, rules=None, context=None):
   if context is not None:
     x = jnp.concatenate([x, context], axis=-1)
   logits = model.apply({'params': params}, x, target, deterministic=rng is None,
-                       rngs=None if rng is None else {'dropout': rng})
+                       rngs=None if rng is None else {'dropout': rng}, head_context=context)
   logits = heads.mask_all(info, logits, target)
   if rules is not None:
     rules_lib.check_layout(info)
@@ -279,6 +284,8 @@ def make_step_fn(config, params, info, temperature=1.0, top_k=0, top_p=1.0, rule
     if context is not None:
       x = jnp.concatenate([x, context], axis=-1)
     z, carry, cache = apply(x, carry, cache, t, method=LSTMAttn.encode_step)
+    if context is not None:  # The heads see it too, beside z_t.
+      z = jnp.concatenate([z, context], axis=-1)
     head = lambda j, slots: apply(j, z, slots, method=LSTMAttn.head_logits)
     if rules is None:
       out = heads.choose_slots(info, head, forced, key, temperature, top_k, top_p, counted)
