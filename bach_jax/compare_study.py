@@ -209,7 +209,7 @@ def markdown(report):
            f'checkpoint; reference: {report["reference"]["pieces"]} pieces of Bach\'s test '
            f'split ({report["reference"]["source"]}), cut to as many frames. Every number: '
            'the mean over seeds [95% interval, two-level bootstrap over seeds and pieces].',
-           '', f'## Ranking at the full budget (lower distance is closer to Bach)', '',
+           '', '## Ranking at the full budget (lower distance is closer to Bach)', '',
            '| rank | family | distance to Bach | test likelihood (nats/frame) | kind |',
            '|---:|---|---|---|---|']
   for i, fam in enumerate(report['ranking'], 1):

@@ -148,6 +148,18 @@ def test_training(config):
   return config
 
 
+def sibling_config(config_file, name, arg):
+  """configs/NAME.py's get_config(arg), NAME beside `config_file` (a config's __file__):
+  a config built on another (its keys, sizes and schedule)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
 def check_variant(config_file, arg, variants):
   """ValueError naming configs/<file> and its variants when `arg` is not '' nor one of
   them (each config file declares VARIANTS, read by the tests and the docs' checks)."""

@@ -29,7 +29,6 @@ OUT/report/             report.md, report.json, study_budget.png, study_metrics.
 
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys

@@ -8,26 +8,15 @@ Usage:
   --config=configs/harmonizer.py:jsb    JSB quarter-note benchmark (set mode: the top line)
 """
 
-import importlib.util
-import os
-
 from bach_jax import config_base
 
 VARIANTS = ('test', 'jsb')
 
 
-def _lstm_attn_config(arg):
-  """configs/lstm_attn.py's config for the same variant: the causal part's keys."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lstm_attn.py')
-  spec = importlib.util.spec_from_file_location('configs_lstm_attn', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def get_config(arg=''):
   config_base.check_variant('harmonizer.py', arg, VARIANTS)
-  config = _lstm_attn_config(arg)  # Every lstm_attn key, the same sizes and schedule.
+  config = config_base.sibling_config(__file__, 'lstm_attn', arg)  # Every lstm_attn key, the
+  #   same sizes and schedule (the causal part).
   m = config.model
   m.name = 'harmonizer'  # Registry key (bach_jax/models/__init__.py).
   m.encoder_hidden = 128  # Units per direction of the given cells' bidirectional LSTM.

@@ -12,25 +12,13 @@ config.model.vqvae. The data keys must match stage 1's run (same source and grid
 
 from bach_jax import config_base
 
-import importlib.util
-import os
-
-
-def _stage1_config(arg):
-  """configs/vqvae.py's config for the same variant (its data and training sizes)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vqvae.py')
-  spec = importlib.util.spec_from_file_location('configs_vqvae', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 VARIANTS = ('test', 'jsb')
 
 
 def get_config(arg=''):
   config_base.check_variant('vqvae_prior.py', arg, VARIANTS)
-  config = _stage1_config(arg)  # Data, grid and schedule as stage 1's variant.
+  config = config_base.sibling_config(__file__, 'vqvae', arg)  # Data, grid and schedule as
+  #   stage 1's variant.
   m = config.model = config_base.base_config().model
   m.name = 'vqvae_prior'  # Registry key (bach_jax/models/__init__.py).
   m.prior_hidden = 256  # LSTM units per layer of the prior over codes.

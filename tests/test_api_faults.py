@@ -5,7 +5,6 @@ plain command-line mistakes are one line and exit 2 (issue 34)."""
 import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,14 +15,12 @@ import numpy as np
 import pytest
 
 import bach_jax
-from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import metric_writers
 from bach_jax import train
 from bach_jax.data import corpora
-from bach_jax.data import pipeline
 from bach_jax.models import lstm_attn
-from train_helpers import REPO, load_config, run_main
+from train_helpers import REPO, load_config, run_main, sigterm_at_batch, write_midi_folder
 
 
 @pytest.fixture(scope='module')
@@ -143,13 +140,7 @@ def test_unwritable_cache_folder_fails_before_the_build(tmp_path):
 
 
 def test_a_killed_cache_write_leaves_nothing_the_next_build_keeps(tmp_path):
-  folder = tmp_path / 'midi'
-  folder.mkdir()
-  from bach_jax.data import pianoroll  # pylint: disable=g-import-not-at-top
-  for i in range(6):
-    roll = np.zeros((32, 88), bool)
-    roll[:, 40 + i] = True
-    pianoroll.to_midi(pianoroll.PianoRoll(roll, None, 4, {}), str(folder / f'p{i}.mid'))
+  folder = write_midi_folder(str(tmp_path / 'midi'), [f'p{i}.mid' for i in range(6)], low=40)
   data = {'source': f'midi_dir:{folder}', 'cache_dir': str(tmp_path / 'cache'), 'workers': 1}
   corpus = corpora.load_corpus(data, progress=False)
   os.remove(corpus.cache_path)
@@ -190,19 +181,10 @@ def test_a_stop_between_log_steps_keeps_the_means(tmp_path, cache_dir, monkeypat
   full = str(tmp_path / 'full')
   train.train_and_evaluate(load_config('lstm', 'test', **overrides), full)
   stopped = str(tmp_path / 'stopped')
-  real_next = pipeline.BatchIterator.__next__
-  calls = {'n': 0}
-
-  def next_then_sigterm(self):
-    calls['n'] += 1
-    if calls['n'] == 15:  # Between log steps 10 and 20.
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_next(self)
-
-  monkeypatch.setattr(pipeline.BatchIterator, '__next__', next_then_sigterm)
+  restore = sigterm_at_batch(monkeypatch, 15)  # Between log steps 10 and 20.
   assert train.train_and_evaluate(load_config('lstm', 'test', **overrides), stopped) == {
       'interrupted_at': 15}
-  monkeypatch.setattr(pipeline.BatchIterator, '__next__', real_next)
+  restore()
   train.train_and_evaluate(load_config('lstm', 'test', **overrides), stopped)
   assert [r['step'] for r in _means(stopped)] == [10, 20]
   assert _means(stopped) == _means(full)

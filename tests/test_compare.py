@@ -11,10 +11,8 @@ import pytest
 from bach_jax import compare
 from bach_jax import compare_report
 from bach_jax import experiment
-from bach_jax import generate
 from bach_jax import loaded
 from bach_jax import models
-from bach_jax import train
 from bach_jax.data import corpora
 from train_helpers import REPO, RUN_STEPS
 

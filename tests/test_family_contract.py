@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from bach_jax import experiment
-from bach_jax import generate
 from bach_jax import loaded
 from bach_jax import metric_writers
 from bach_jax import models

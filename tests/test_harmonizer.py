@@ -9,7 +9,6 @@ bass line, rewrite a span), and a resume after SIGTERM giving the same losses.
 """
 
 import os
-import signal
 
 import jax
 import numpy as np
@@ -21,10 +20,9 @@ from bach_jax import generate
 from bach_jax import metric_writers
 from bach_jax import train
 from bach_jax.data import pianoroll
-from bach_jax.data import pipeline
 from bach_jax.models import harmonizer
 from bach_jax.models import lstm_attn
-from train_helpers import load_config, run_main
+from train_helpers import load_config, run_main, sigterm_at_batch
 
 
 def _config(**overrides):
@@ -166,19 +164,10 @@ def test_sigterm_and_resume_give_the_same_losses(tmp_path, cache_dir, monkeypatc
   full = str(tmp_path / 'full')
   train.train_and_evaluate(load_config('harmonizer', 'test', **overrides), full)
   resumed = str(tmp_path / 'resumed')
-  real_next = pipeline.BatchIterator.__next__
-  calls = {'n': 0}
-
-  def next_then_sigterm(self):
-    calls['n'] += 1
-    if calls['n'] == 11:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_next(self)
-
-  monkeypatch.setattr(pipeline.BatchIterator, '__next__', next_then_sigterm)
+  restore = sigterm_at_batch(monkeypatch, 11)
   assert train.train_and_evaluate(load_config('harmonizer', 'test', **overrides), resumed) == {
       'interrupted_at': 11}
-  monkeypatch.setattr(pipeline.BatchIterator, '__next__', real_next)
+  restore()
   train.train_and_evaluate(load_config('harmonizer', 'test', **overrides), resumed)
   losses = lambda w: {r['step']: r['train/loss'] for r in metric_writers.read_metrics(w)
                       if 'train/loss' in r}

@@ -11,7 +11,6 @@ import pytest
 
 from bach_jax import experiment
 from bach_jax import models
-from bach_jax import train
 from train_helpers import load_config
 
 

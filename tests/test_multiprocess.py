@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from bach_jax import finetune
-from bach_jax import generate
 from bach_jax import loaded
 from bach_jax import metric_writers
 from bach_jax import parallel

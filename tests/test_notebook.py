@@ -19,7 +19,6 @@ import pytest
 from bach_jax import checkpoints
 from bach_jax import experiment
 from bach_jax import pieces as pieces_lib
-from bach_jax import train
 from train_helpers import REPO, load_config
 
 nbformat = pytest.importorskip('nbformat')
@@ -85,7 +84,6 @@ def test_notebook_trains_samples_plays_and_harmonizes(tmp_path, monkeypatch):
   out = tmp_path / 'bach_jax_notebook'
   assert {'sample_0.png', 'sample_0.wav', 'melody.mid', 'harmonized_0.mid',
           'harmonized_0.wav'} <= set(os.listdir(out))
-  from bach_jax import generate  # pylint: disable=g-import-not-at-top
   melody = pieces_lib.soprano_line(pieces_lib.load_piece(str(out / 'melody.mid'), 4))
   harmonized = pieces_lib.load_piece(str(out / 'harmonized_0.mid'), 4)
   assert (pieces_lib.soprano_line(harmonized)[:len(melody)] == melody).all()

@@ -14,7 +14,6 @@ from bach_jax import experiment
 from bach_jax import generate
 from bach_jax import loaded
 from bach_jax import pieces as pieces_lib
-from bach_jax import train
 from bach_jax import voice_leading as vl
 from bach_jax.models import family
 from bach_jax.models import lstm

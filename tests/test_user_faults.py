@@ -20,8 +20,7 @@ import pytest
 
 import bach_jax
 from bach_jax import generate
-from bach_jax.data import pianoroll
-from train_helpers import REPO, run_main
+from train_helpers import REPO, run_main, write_midi_folder
 
 
 def one_error_line(proc, code=2):
@@ -187,11 +186,7 @@ def test_a_trained_model_starts_every_piece(run):
 
 def test_warnings_are_one_line_and_loading_prints_none(run, tmp_path, capfd):
   folder = tmp_path / 'midi'
-  folder.mkdir()
-  for i in range(6):
-    roll = np.zeros((32, 88), bool)
-    roll[:, 30 + i] = True
-    pianoroll.to_midi(pianoroll.PianoRoll(roll, None, 4, {}), str(folder / f'ok{i}.mid'))
+  write_midi_folder(str(folder), [f'ok{i}.mid' for i in range(6)])
   (folder / 'broken.mid').write_bytes(b'MThd not really')
   proc = run_main('--config=configs/lstm.py:test', '--mode=prepare',
                   f'--config.data.source=midi_dir:{folder}',

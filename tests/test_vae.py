@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from bach_jax import experiment
-from bach_jax import generate
 from bach_jax import loaded
-from bach_jax import train
 from bach_jax.data import pipeline
 from bach_jax.models import common
 from bach_jax.models import latent

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from bach_jax import experiment
-from bach_jax import train
 from bach_jax.models import codebook as vq
 from bach_jax.models import vqvae
 from bach_jax.models import vqvae_prior

@@ -35,6 +35,36 @@ def load_config(name, arg='test', **overrides):
   return config
 
 
+def sigterm_at_batch(monkeypatch, n):
+  """A preemption: SIGTERM to this process while the trainer reads its n-th batch.
+  -> a function that puts the iterator back."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from bach_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  real, calls = pipeline.BatchIterator.__next__, {'n': 0}
+
+  def next_then_sigterm(self):
+    calls['n'] += 1
+    if calls['n'] == n:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(self)
+
+  monkeypatch.setattr(pipeline.BatchIterator, '__next__', next_then_sigterm)
+  return lambda: monkeypatch.setattr(pipeline.BatchIterator, '__next__', real)
+
+
+def write_midi_folder(folder, names, low=30):
+  """One-voice MIDI files (32 frames of one held key each, keys low, low + 1, ...) ->
+  the folder; a small midi_dir corpus."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bach_jax.data import pianoroll  # pylint: disable=g-import-not-at-top
+  os.makedirs(folder, exist_ok=True)
+  for i, name in enumerate(names):
+    roll = np.zeros((32, 88), bool)
+    roll[:, low + i] = True
+    pianoroll.to_midi(pianoroll.PianoRoll(roll, None, 4, {}), os.path.join(folder, name))
+  return folder
+
+
 def run_main(*args, cwd=REPO, timeout=600):
   """python -m bach_jax.main ARGS in a subprocess -> CompletedProcess (text output)."""
   return subprocess.run([sys.executable, '-m', 'bach_jax.main', *args], cwd=cwd,

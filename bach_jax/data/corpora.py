@@ -46,7 +46,6 @@ first holds a lock (<cache file>.lock) while it builds, the others then read
 its cache.
 """
 
-import concurrent.futures
 import dataclasses
 import io
 import json
