@@ -21,9 +21,9 @@ import sys
 import wave
 
 import numpy as np
-import pretty_midi
 
 from bach_jax import workdir as workdir_lib
+from bach_jax.data.midi_file import pretty_midi
 
 SAMPLE_RATE = 22050
 TARGET_RMS_DBFS = -20.0

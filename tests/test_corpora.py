@@ -243,13 +243,20 @@ def test_concurrent_preparations_of_one_source_build_it_once(tmp_path):
   for i in range(6):
     _good_midi(tmp_path / f'p{i}.mid', pitch=55 + i)
   data = _data(f'midi_dir:{tmp_path}', cache_dir=str(tmp_path / 'cache'))
-  results = []
-  threads = [threading.Thread(target=lambda: results.append(
-      corpora.load_corpus(data, progress=False))) for _ in range(3)]
+  results, errors = [], []
+
+  def load():
+    try:
+      results.append(corpora.load_corpus(data, progress=False))
+    except Exception as e:  # pylint: disable=broad-except  (shown by the assert below)
+      errors.append(repr(e))
+
+  threads = [threading.Thread(target=load) for _ in range(3)]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
+  assert not errors, errors
   assert sorted(c.cache_hit for c in results) == [False, True, True]
   for c in results[1:]:
     for s in corpora.SPLITS:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 
 import numpy as np
 
@@ -63,9 +64,9 @@ def check_folder(cache_dir: str):
   before a build, so that minutes of preparation are not thrown away)."""
   try:
     os.makedirs(cache_dir, exist_ok=True)
-    probe = os.path.join(cache_dir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w'):
-      pass
+    # A unique probe: threads of one process (same pid) check the same folder at once.
+    fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=cache_dir)
+    os.close(fd)
     os.remove(probe)
   except OSError as e:
     raise CorpusError(f'{cache_dir}: cannot write the corpus cache there '

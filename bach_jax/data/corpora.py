@@ -160,7 +160,7 @@ def chorale_to_pretty_midi(path: str):
   write is most of the cost); MidiError if the voices cannot be identified.
   """
   import music21  # pylint: disable=g-import-not-at-top  (heavy; workers only)
-  import pretty_midi  # pylint: disable=g-import-not-at-top
+  from bach_jax.data.midi_file import pretty_midi  # pylint: disable=g-import-not-at-top
   # From the source, never through music21's pickle cache: it writes each pickle in
   # place in a shared scratch folder, and a concurrent build (two runs, two test
   # workers) reading a half-written one lost a chorale from the corpus.

@@ -13,14 +13,22 @@ absurd files is in quarter notes: a file longer than MAX_QUARTERS (over 4
 hours at 120 quarter notes per minute) is refused as too long.
 """
 
+import contextlib
 import inspect
 import io
 import math
 import os
+import sys
 from typing import Union
 
 import mido
-import pretty_midi
+
+# pretty_midi imports pyfluidsynth where it is installed, and pyfluidsynth (>= 1.3.4)
+# prints "'fluidsynth' was found at ..." on stdout when $CI is set: stdout is what our
+# commands print for scripts (written paths, tables), so that line goes to stderr.
+# Every module of ours takes pretty_midi from here.
+with contextlib.redirect_stdout(sys.stderr):
+  import pretty_midi  # pylint: disable=g-import-not-at-top
 
 from bach_jax.errors import MidiError
 

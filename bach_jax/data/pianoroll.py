@@ -38,9 +38,8 @@ import re
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import pretty_midi
 
-from bach_jax.data.midi_file import MidiError, read_pretty_midi
+from bach_jax.data.midi_file import MidiError, pretty_midi, read_pretty_midi
 
 LOWEST_PITCH = 21  # A0, the lowest piano key.
 NUM_KEYS = 88
