@@ -18,16 +18,15 @@ import inspect
 import io
 import math
 import os
-import sys
 from typing import Union
 
 import mido
 
 # pretty_midi imports pyfluidsynth where it is installed, and pyfluidsynth (>= 1.3.4)
-# prints "'fluidsynth' was found at ..." on stdout when $CI is set: stdout is what our
-# commands print for scripts (written paths, tables), so that line goes to stderr.
-# Every module of ours takes pretty_midi from here.
-with contextlib.redirect_stdout(sys.stderr):
+# prints "'fluidsynth' was found at ..." when $CI is set: a debugging line in our
+# commands' output, which scripts read (written paths on stdout, one error line on
+# stderr). It is dropped. Every module of ours takes pretty_midi from here.
+with contextlib.redirect_stdout(io.StringIO()):
   import pretty_midi  # pylint: disable=g-import-not-at-top
 
 from bach_jax.errors import MidiError
