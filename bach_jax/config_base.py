@@ -50,6 +50,7 @@ def base_config():
   data.pad_start = 1  # Silent frames put before each piece: the model's "start" input.
   data.cache_dir = ''  # '' = $BACH_JAX_CACHE or ~/.cache/bach_jax.
   data.workers = 0  # Parallel workers for preparation; 0 = one per core.
+  data.shard_files = 256  # Source files per shard of the prepared corpus (data/shards.py).
 
   train = config.train = ml_collections.ConfigDict()
   train.batch_size = 64  # Global batch (all hosts); must divide by the device count.
@@ -195,6 +196,7 @@ def validate(config, device_count=1):
            f'must be >= 2, got {d.window_steps}')
   _require(d.hop_steps >= 1, 'data.hop_steps', f'must be >= 1, got {d.hop_steps}')
   _require(d.augment_transpose >= 0, 'data.augment_transpose', 'must be >= 0')
+  _require(d.shard_files >= 1, 'data.shard_files', f'must be >= 1, got {d.shard_files}')
   src = d.source
   _require(src == 'bach_chorales' or src.startswith(('midi_dir:', 'jsb:')),
            'data.source', f"must be 'bach_chorales', 'midi_dir:PATH' or 'jsb:PATH', got {src!r}")

@@ -28,6 +28,7 @@ from bach_jax import pieces as pieces_lib
 from bach_jax import voice_leading
 from bach_jax import workdir as workdir_lib
 from bach_jax.data import pianoroll
+from bach_jax.data import shards
 from bach_jax.errors import SampleError
 from bach_jax.models import family as family_lib
 from bach_jax.models.common import SampleRequest
@@ -252,8 +253,10 @@ def check_melody(melody):
 
 
 def check_pieces(pieces):
-  """SampleError unless `pieces` is a non-empty list of PianoRoll."""
-  if isinstance(pieces, pianoroll.PianoRoll) or not isinstance(pieces, (list, tuple)):
+  """SampleError unless `pieces` is a non-empty sequence of PianoRoll (a list, or a
+  corpus split) -> a list."""
+  if isinstance(pieces, pianoroll.PianoRoll) or not isinstance(pieces, (list, tuple,
+                                                                         shards.PieceList)):
     raise SampleError(f'pieces: must be a list of PianoRoll, got a {type(pieces).__name__}')
   if not pieces:
     raise SampleError('pieces: an empty list; give at least one PianoRoll')

@@ -141,10 +141,9 @@ def _batch_iterator(exp):
   naming the key when the window or the batch does not fit the training split."""
   config, t = exp.config, exp.config.train
   d, train = config.data, exp.corpus.splits['train']
-  longest = max(train, key=lambda p: p.num_steps, default=None)
-  frames = (longest.num_steps if longest else 0) + d.pad_start
+  frames = int(train.lengths.max(initial=0)) + d.pad_start
   if d.window_steps > frames:
-    name = longest.meta.get('file', '?') if longest else 'none'
+    name = train[int(train.lengths.argmax())].meta.get('file', '?') if len(train) else 'none'
     raise ConfigError(
         f'config.data.window_steps={d.window_steps}: longer than every training piece (the '
         f'longest, {name}, is {frames} frames with its start frame); use at most {frames}')

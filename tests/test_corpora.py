@@ -158,9 +158,11 @@ def test_cache_hit_and_untrusted_leftovers(tmp_path, caplog):
   _good_midi(root / 'b.mid', pitch=50)
   cache = tmp_path / 'cache'
   first = corpora.load_corpus(_data(f'midi_dir:{root}'), cache, progress=False)
-  assert not first.cache_hit and os.path.exists(first.cache_path)
+  assert not first.cache_hit and os.path.isdir(first.cache_path)
   name = os.path.basename(first.cache_path)  # No temp file left; the build's lock stays.
   assert sorted(os.listdir(cache)) == [name, name + '.lock']
+  assert sorted(os.listdir(first.cache_path)) == [
+      'index.npz', 'shard-00000.json', 'shard-00000.roll.npy', 'shard-00000.voices.npy']
   start = time.perf_counter()
   second = corpora.load_corpus(_data(f'midi_dir:{root}'), cache, progress=False)
   assert second.cache_hit and time.perf_counter() - start < 1.0
@@ -173,19 +175,23 @@ def test_cache_hit_and_untrusted_leftovers(tmp_path, caplog):
   other = corpora.load_corpus(_data(f'midi_dir:{root}', transpose='none'), cache,
                               progress=False)
   assert not other.cache_hit and other.cache_path != first.cache_path
-  # A truncated cache file (interrupted writer without os.replace) is not trusted.
-  data = open(first.cache_path, 'rb').read()
-  with open(first.cache_path, 'wb') as f:
+  # A truncated index (an interrupted writer without os.replace) is not trusted: the
+  # index is written again from the finished shards.
+  index = os.path.join(first.cache_path, 'index.npz')
+  data = open(index, 'rb').read()
+  with open(index, 'wb') as f:
     f.write(data[:len(data) // 2])
   with caplog.at_level(logging.WARNING):
     third = corpora.load_corpus(_data(f'midi_dir:{root}'), cache, progress=False)
-  assert not third.cache_hit and 'ignoring unusable cache' in caplog.text
+  assert not third.cache_hit and 'ignoring unusable index' in caplog.text
   assert corpora.load_corpus(_data(f'midi_dir:{root}'), cache, progress=False).cache_hit
-  # A leftover temp file of an interrupted writer is never read.
-  os.remove(first.cache_path)
-  with open(first.cache_path + '.123.abcd.tmp', 'wb') as f:
+  # A leftover temp file of an interrupted writer is never read, and the next build
+  # deletes it.
+  os.remove(index)
+  with open(index + '.123.abcd.tmp', 'wb') as f:
     f.write(data)
   assert not corpora.load_corpus(_data(f'midi_dir:{root}'), cache, progress=False).cache_hit
+  assert not [f for f in os.listdir(first.cache_path) if f.endswith('.tmp')]
   # Touching a source file changes the key.
   _good_midi(root / 'b.mid', pitch=52, beats=9)
   assert not corpora.load_corpus(_data(f'midi_dir:{root}'), cache, progress=False).cache_hit

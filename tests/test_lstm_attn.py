@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bach_jax import config_base
+from bach_jax.data import pianoroll
 from bach_jax.models import lstm_attn
 from bach_jax.models.common import SampleRequest
 
@@ -205,7 +206,7 @@ def test_invalid_model_config_names_the_key(key, value):
 
 
 def test_check_corpus_resolves_voices_and_rejects_crowded_frames():
-  piece = lambda roll: types.SimpleNamespace(roll=roll)
+  piece = lambda roll: pianoroll.PianoRoll(roll, None, 4, {})
   roll = np.zeros((3, 88), bool)
   roll[1, 30:35] = True  # Five notes at once.
   corpus = types.SimpleNamespace(num_voices=None, splits={'train': [piece(roll)]})

@@ -4,10 +4,14 @@ r"""Prepares a corpus and prints its summary table, or fetches the JSB files.
   python -m bach_jax.data prepare --source=jsb:PATH   # The same; 'prepare' is optional.
   python -m bach_jax.data download jsb [--dir=DIR] [--url=URL]
 
-prepare: the first run prepares (progress bar on stderr) and writes the cache;
-later runs read the cache. download jsb: fetches the JSB Chorales JSON files
-into the data dir ($BACH_JAX_DATA, else $BACH_JAX_CACHE/jsb or
-~/.cache/bach_jax/jsb; see bach_jax/data/download.py), checking their SHA-256.
+prepare: prepares the source into a folder of shards (progress bar on stderr;
+a killed preparation keeps its finished shards and the next run prepares the
+rest), then reads every piece back and checks it: a damaged shard is rebuilt.
+Training runs prepare too, but stop on a damaged shard, naming it.
+
+download jsb: fetches the JSB Chorales JSON files into the data dir ($BACH_JAX_DATA,
+else $BACH_JAX_CACHE/jsb or ~/.cache/bach_jax/jsb; see bach_jax/data/download.py),
+checking their SHA-256.
 """
 
 import sys
@@ -29,6 +33,7 @@ _TRANSPOSE = flags.DEFINE_enum('transpose', 'tonic', ['tonic', 'none'],
                                "'tonic': to C major / C minor; 'none': as written.")
 _MIN_STEPS = flags.DEFINE_integer('min_steps', 16, 'Shorter pieces are skipped.')
 _WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes; 0 = one per core.')
+_SHARD_FILES = flags.DEFINE_integer('shard_files', 256, 'Source files per shard.')
 _DIR = flags.DEFINE_string('dir', '', 'download: target folder (default: $BACH_JAX_DATA, '
                            'else $BACH_JAX_CACHE/jsb or ~/.cache/bach_jax/jsb).')
 _URL = flags.DEFINE_string('url', '', 'download: base URL (default: $BACH_JAX_JSB_URL, '
@@ -45,19 +50,20 @@ def prepare() -> int:
   data.transpose = _TRANSPOSE.value
   data.min_steps = _MIN_STEPS.value
   data.workers = _WORKERS.value
+  data.shard_files = _SHARD_FILES.value
   if _OUT.value:
     data.cache_dir = _OUT.value
   try:
     config_base.validate(config)
     start = time.perf_counter()
-    corpus = corpora.load_corpus(data)
+    corpus = corpora.load_corpus(data, repair=True)
     seconds = time.perf_counter() - start
   except (config_base.ConfigError, corpora.CorpusError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(corpus.summary())
   print(f'cache: {"hit" if corpus.cache_hit else "miss (prepared and written)"} '
-        f'{corpus.cache_path}')
+        f'{corpus.cache_path} (every piece read back and checked)')
   print(f'preparation wall time: {seconds:.2f} s')
   return 0
 

@@ -47,6 +47,7 @@ its cache.
 """
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -60,6 +61,7 @@ import numpy as np
 from bach_jax.data import cache
 from bach_jax.data import download
 from bach_jax.data import pianoroll
+from bach_jax.data import shards
 from bach_jax.data import splits as splits_lib
 from bach_jax.data.pianoroll import SATB, MidiError, PianoRoll, satb_indices
 from bach_jax.data.splits import split_of
@@ -68,7 +70,8 @@ from bach_jax.errors import CorpusError
 _log = logging.getLogger(__name__)  # 'warning: ...' lines at the command line (errors.py).
 
 SPLITS = cache.SPLITS
-FORMAT_VERSION = 4  # Bump when the prepared pieces or the cache layout change.
+FORMAT_VERSION = 5  # Bump when the prepared pieces or the cache layout change.
+SHARD_FILES = 256  # Source files per shard (data.shard_files).
 TINY_SPLIT = 5  # A split with fewer pieces gets a warning: its figures are noise.
 
 
@@ -79,14 +82,15 @@ class Corpus:
   """Prepared pieces of one source.
 
   Attributes:
-    splits: 'train', 'valid', 'test' -> list of PianoRoll, sorted by file name
-      (JSB: in file order).
+    splits: 'train', 'valid', 'test' -> shards.PieceList, a sequence of PianoRoll
+      read from disk on demand, sorted by file name (JSB: in file order).
     skipped: (file, reason) of every file left out.
     source: the data.source string.
     steps_per_quarter: the grid of every piece.
     num_voices: V if every piece has voices int16[T, V] with the same V, else None.
-    cache_path: the cache file read or written ('' if none).
-    cache_hit: whether the pieces came from the cache.
+    cache_path: the prepared corpus's folder.
+    cache_hit: whether it was prepared before this call.
+    voices_reasons: why pieces have no voices (shards' index vocabulary; '' = they do).
   """
   splits: dict
   skipped: list
@@ -95,33 +99,50 @@ class Corpus:
   num_voices: Optional[int] = None
   cache_path: str = ''
   cache_hit: bool = False
+  voices_reasons: list = dataclasses.field(default_factory=list)
 
   def summary(self) -> str:
-    """A plain-text table: pieces, frames, pitch range, notes/frame, skips."""
+    """A plain-text table: pieces, frames, pitch range, notes/frame, voices, skips (from
+    the index: no piece is read)."""
     lines = [f'source: {self.source}   grid: {self.steps_per_quarter} steps per '
              f'quarter   voices: {self.num_voices}']
     lines.append(f'{"split":<7}{"pieces":>8}{"frames":>10}{"pitch range":>16}'
                  f'{"notes/frame":>13}')
-    rows = [(name, self.splits.get(name, [])) for name in SPLITS]
-    rows.append(('all', [p for _, pieces in rows for p in pieces]))
-    for name, pieces in rows:
-      frames = sum(p.num_steps for p in pieces)
-      notes = sum(int(p.roll.sum()) for p in pieces)
-      ranges = [r for r in (p.pitch_range() for p in pieces) if r]
-      rng = f'{min(r[0] for r in ranges)}..{max(r[1] for r in ranges)}' if ranges else '-'
+    names = [s for s in SPLITS if s in self.splits]
+    stat = lambda field: {s: shards.stats(self.splits[s], field) for s in names}
+    stats = {f: stat(f) for f in ('length', 'notes', 'lowest', 'highest', 'folded')}
+    stats['voices_reason'], stats['num_voices'] = stat('voices_reason'), stat('num_voices')
+    every = {f: np.concatenate([v[s] for s in names] or [np.zeros(0, np.int64)])
+             for f, v in stats.items()}
+    for name in names + ['all']:
+      get = (lambda f: every[f]) if name == 'all' else (lambda f: stats[f][name])  # pylint: disable=cell-var-from-loop
+      frames, notes, lo, hi = (int(get('length').sum()), int(get('notes').sum()),
+                               get('lowest'), get('highest'))
+      rng = f'{lo[lo >= 0].min()}..{hi.max()}' if (lo >= 0).any() else '-'
       density = f'{notes / frames:.2f}' if frames else '-'
-      lines.append(f'{name:<7}{len(pieces):>8}{frames:>10}{rng:>16}{density:>13}')
-    folded = [p.meta.get('folded_notes') or 0 for s in SPLITS for p in self.splits.get(s, [])]
-    lines.append(f'notes outside 21..108 folded into range by octaves: {sum(folded)} '
-                 f'(in {sum(n > 0 for n in folded)} pieces)')
+      lines.append(f'{name:<7}{get("length").size:>8}{frames:>10}{rng:>16}{density:>13}')
+    folded = every['folded']
+    lines.append(f'notes outside 21..108 folded into range by octaves: {int(folded.sum())} '
+                 f'(in {int((folded > 0).sum())} pieces)')
+    none = every['num_voices'] < 0
+    codes = every['voices_reason'][none]
+    reasons = [r or 'the source gives none' for r in self.voices_reasons]
+    without = {r: int((codes == i).sum()) for i, r in enumerate(reasons)}
+    without['for no recorded reason'] = int((codes < 0).sum())
+    lines.append(f'pieces with voices: {int((~none).sum())} of {none.size}')
+    lines += _counted(without, 'without: ')
     lines.append(f'skipped: {len(self.skipped)} files')
     counts = {}
     for _, reason in self.skipped:
       key = reason.split(' (')[0]
       counts[key] = counts.get(key, 0) + 1
-    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-      lines.append(f'  {n:>5}  {reason}')
+    lines += _counted(counts)
     return '\n'.join(lines)
+
+
+def _counted(counts: dict, prefix: str = ''):
+  return [f'  {n:>5}  {prefix}{reason}'
+          for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n]
 
 
 def bwv_key(filename: str) -> str:
@@ -327,36 +348,27 @@ def _call(indexed_job):
   return i, fn(*job)
 
 
-def _run_jobs(fn, jobs, workers: int, progress: bool, desc: str):
-  """Runs fn(*job) for every job -> results in job order, in a process pool when
-  workers > 1. An exception or Ctrl-C in the parent terminates the workers at once."""
-  workers = workers or os.cpu_count() or 1
-  workers = max(1, min(workers, len(jobs)))
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm(total=len(jobs), desc=desc, file=sys.stderr, disable=not progress,
-             unit='file')
-  results = [None] * len(jobs)
-  try:
-    if workers == 1:
-      for i, job in enumerate(jobs):
-        results[i] = fn(*job)
-        bar.update()
-    else:
-      # spawn: the parent may already run JAX threads, which fork does not survive.
-      ctx = multiprocessing.get_context('spawn')
-      with ctx.Pool(workers, initializer=_worker_start, initargs=(os.getpid(),)) as pool:
-        indexed = [(i, fn, job) for i, job in enumerate(jobs)]
-        for i, result in pool.imap_unordered(_call, indexed):
-          results[i] = result
-          bar.update()
-  finally:  # The bar's last line before whatever error ends the build.
-    bar.close()
-  return results
+def _iter_jobs(fn, jobs, workers: int, bar):
+  """Yields fn(*job) for every job, in job order, from a process pool when workers > 1.
+  Closing the generator (an exception or Ctrl-C in the parent) terminates the workers."""
+  workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+  if workers == 1:
+    for job in jobs:
+      result = fn(*job)
+      bar.update()
+      yield result
+    return
+  # spawn: the parent may already run JAX threads, which fork does not survive.
+  ctx = multiprocessing.get_context('spawn')
+  with ctx.Pool(workers, initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+    for _, result in pool.imap(_call, [(i, fn, job) for i, job in enumerate(jobs)]):
+      bar.update()
+      yield result
 
 
 def _cache_key(kind, path, data):
-  key = {'format': FORMAT_VERSION, 'source': kind,
-         'min_steps': int(data['min_steps'])}
+  key = {'format': FORMAT_VERSION, 'source': kind, 'min_steps': int(data['min_steps']),
+         'shard_files': int(data['shard_files'])}
   if kind != 'jsb':
     key.update(steps_per_quarter=int(data['steps_per_quarter']),
                transpose=str(data['transpose']))
@@ -377,81 +389,149 @@ def _cache_key(kind, path, data):
 default_cache_dir = cache.default_cache_dir
 
 
-def load_corpus(data_config, cache_dir: Optional[str] = None,
-                progress: bool = True) -> Corpus:
-  """Prepares (or reads from the cache) the pieces of `data_config.source`.
+def load_corpus(data_config, cache_dir: Optional[str] = None, progress: bool = True,
+                repair: bool = False) -> Corpus:
+  """Prepares (or opens the prepared) pieces of `data_config.source`.
 
   Args:
-    data_config: `config.data` (source, steps_per_quarter, transpose,
-      min_steps, cache_dir, workers); a dict works too.
+    data_config: `config.data` (source, steps_per_quarter, transpose, min_steps,
+      cache_dir, workers, shard_files); a dict works too.
     cache_dir: overrides data_config.cache_dir and the default location.
     progress: show a tqdm bar on stderr while preparing.
+    repair: read every prepared piece and rebuild the shards that fail their
+      checksums (`python -m bach_jax.data prepare` does); otherwise a damaged
+      shard stops with a CorpusError naming it.
 
   Returns:
-    The Corpus.
+    The Corpus: its splits read their pieces from the shards on demand.
 
   Raises:
-    CorpusError: the source path does not exist or yields no usable piece.
+    CorpusError: the source path does not exist or yields no usable piece, or a
+      prepared shard is damaged (without `repair`).
   """
   get = data_config.get
   data = {'source': get('source', 'bach_chorales'),
           'steps_per_quarter': int(get('steps_per_quarter', 4)),
           'transpose': get('transpose', 'tonic'),
-          'min_steps': int(get('min_steps', 16))}
+          'min_steps': int(get('min_steps', 16)),
+          'shard_files': int(get('shard_files', SHARD_FILES) or SHARD_FILES)}
   workers = int(get('workers', 0) or 0)
   kind, path = _parse_source(data['source'])
   cache_dir = cache_dir or get('cache_dir', '') or default_cache_dir()
   key = _cache_key(kind, path, data)
   if kind == 'midi_dir' and not key['files']:
     raise CorpusError(f'{path}: no .mid/.midi files found')
-  cache_path = cache.path_for(cache_dir, kind, key)
-  cached = cache.read(cache_path, key)
-  if cached is None:
-    cache.check_folder(cache_dir)  # Before the build, not after it.
-    with cache.build_lock(cache_path):
-      cached = cache.read(cache_path, key)  # Built by another process while we waited?
-      if cached is None:
-        cache.remove_leftovers(cache_path)
-        splits, skipped, grid = _build(kind, path, data, workers, progress)
-        cache.write(cache_path, key, splits, skipped, grid)
-        return _corpus(splits, skipped, data['source'], grid, cache_path, False)
-  splits, skipped, grid = cached
-  return _corpus(splits, skipped, data['source'], grid, cache_path, True)
+  folder = cache.path_for(cache_dir, kind, key)
+  key_json = json.dumps(key, sort_keys=True)
+  hit = True
+  while True:
+    try:
+      prepared = _open(folder, key_json)
+      if prepared is None:
+        cache.check_folder(cache_dir)  # Before the build, not after it.
+        with cache.build_lock(folder):
+          prepared = _open(folder, key_json)  # Built by another process while we waited?
+          if prepared is None:
+            hit = False
+            try:
+              _build(kind, path, data, workers, progress, folder, key_json)
+            except OSError as e:  # A full disk, a quota: the finished shards are kept.
+              raise CorpusError(f'{e.filename or folder}: cannot write the prepared corpus '
+                                f'({e.strerror or e}); free space there or set '
+                                'data.cache_dir') from None
+            prepared = _open(folder, key_json)
+            if prepared is None:  # Logged by _open; not a loop of rebuilds.
+              raise CorpusError(f'{folder}: the corpus just prepared cannot be opened')
+      if repair:
+        prepared.check()
+      break
+    except shards.DamagedShard as e:
+      if not repair:
+        raise CorpusError(f'{e}; run `python -m bach_jax.data prepare --source='
+                          f'{data["source"]}` (same options) to rebuild it') from None
+      _log.warning('%s: rebuilding it', e)
+      shards.forget(folder, e.shards)
+      repair = False  # One rebuild; a shard damaged again is an error.
+  return _corpus(prepared, data['source'], folder, hit)
 
 
-def _build(kind, path, data, workers, progress):
-  """Prepares every piece of a source -> (splits, skipped, grid)."""
+def _open(folder, key_json):
+  """The prepared corpus in folder, or None when it has no usable index (not built, a
+  build that stopped before its end, other options). DamagedShard passes through."""
+  if not os.path.exists(os.path.join(folder, shards.INDEX)):
+    return None
+  try:
+    return shards.Prepared(folder, key_json)
+  except shards.DamagedShard:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (an unreadable index: rebuild it)
+    _log.warning('ignoring unusable index %s (%s: %s)', folder, type(e).__name__, e)
+    return None
+
+
+def _build(kind, path, data, workers, progress, folder, key_json):
+  """Prepares every piece of a source into shards, the finished ones of an earlier
+  build kept, then writes the index."""
+  os.makedirs(folder, exist_ok=True)
+  cache.remove_leftovers(folder)
+  digest = hashlib.sha256(key_json.encode()).hexdigest()[:20]
+  per_shard = data['shard_files']
   if kind == 'jsb':
     grid, results = _jsb_pieces(path, data)
+    jobs, fn, desc = [(r,) for r in results], _identity, 'jsb pieces'
   elif kind == 'midi_dir':
-    grid = data['steps_per_quarter']
+    grid, fn, desc = data['steps_per_quarter'], _midi_file, 'midi files'
     jobs = [(full, rel, data) for full, rel in _midi_files(path)]
-    results = splits_lib.rebalance(_run_jobs(_midi_file, jobs, workers, progress, 'midi files'))
   else:
-    grid = data['steps_per_quarter']
+    grid, fn, desc = data['steps_per_quarter'], _chorale, 'bach chorales'
     jobs = [(p, data) for p in chorale_paths()]
-    results = _run_jobs(_chorale, jobs, workers, progress, 'bach chorales')
-  splits = {s: [] for s in SPLITS}
-  skipped = []
-  for name, split, out in results:
-    if split is None:
-      _log.warning('skipping %s: %s', name, out)
-      skipped.append((name, out))
-    else:
-      splits[split].append(out)
-  if not any(splits.values()):
+  ranges = [(a, min(a + per_shard, len(jobs))) for a in range(0, len(jobs), per_shard)]
+  pending = [k for k, r in enumerate(ranges)
+             if shards.read_shard_info(folder, k, digest, r) is None]
+  done = sum(b - a for k, (a, b) in enumerate(ranges) if k not in pending)
+  if done:
+    _log.info('%s: %d of %d shards already prepared, preparing the other %d', folder,
+              len(ranges) - len(pending), len(ranges), len(pending))
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  todo = [job for k in pending for job in jobs[slice(*ranges[k])]]
+  with tqdm(total=len(jobs), initial=done, desc=desc, file=sys.stderr, disable=not progress,
+            unit='file') as bar:
+    results = _iter_jobs(fn, todo, workers if kind != 'jsb' else 1, bar)
+    try:
+      for k in pending:
+        a, b = ranges[k]
+        shards.write_shard(folder, k, digest, (a, b), [next(results) for _ in range(b - a)])
+    finally:
+      results.close()
+  kept, skipped = [], []
+  for k in range(len(ranges)):
+    info = shards.read_shard_info(folder, k)
+    kept += [(p['name'], p['split'], None) for p in info['pieces']]
+    skipped += info['skipped']
+  for name, reason in skipped:
+    _log.warning('skipping %s: %s', name, reason)
+  if not kept:
     raise CorpusError(f'{path or kind}: no usable piece ({len(skipped)} files skipped, '
                       f'first: {skipped[0][0] if skipped else "-"}: '
                       f'{skipped[0][1] if skipped else "-"})')
-  return splits, skipped, grid
+  if kind == 'midi_dir':
+    kept = splits_lib.rebalance(kept)
+  shards.write_index(folder, key_json, grid, len(ranges), {n: s for n, s, _ in kept})
 
 
-def _corpus(splits, skipped, source, grid, cache_path, hit) -> Corpus:
+def _identity(result):
+  return result
+
+
+def _corpus(prepared, source, folder, hit) -> Corpus:
+  splits = {s: prepared.split(s) for s in SPLITS}
   total = sum(len(splits[s]) for s in SPLITS)
   for s in SPLITS:
     if len(splits[s]) < TINY_SPLIT:
       _log.warning('split %s holds only %d of %d pieces (fewer than %d): its figures '
                       'will be noise', s, len(splits[s]), total, TINY_SPLIT)
-  counts = {p.num_voices for s in SPLITS for p in splits[s]}
+  counts = set(int(v) for s in SPLITS for v in splits[s].num_voices)
   num_voices = counts.pop() if len(counts) == 1 else None
-  return Corpus(splits, skipped, source, grid, num_voices, cache_path, hit)
+  num_voices = None if num_voices is not None and num_voices < 0 else num_voices
+  return Corpus(splits, prepared.skipped, source, prepared.grid, num_voices, folder, hit,
+                prepared.reasons)

@@ -9,20 +9,33 @@ whole window is dropped, and a piece shorter than one window gives none, unless
 pad_short: then it gives one window, padded at its end with silent frames that
 `frame_mask` marks False (so a long window can hold every piece whole).
 
-Order and sharding. `batch_size` is the global batch of all processes. Epoch e
-permutes the list of all windows with np.random.default_rng([seed, e]) (or keeps
-it in order when shuffle=False), cuts it into global batches, and process k
-takes rows [k * local, (k + 1) * local) of each, local = batch_size //
-process_count: every process yields the same number of batches, and the shards
-are disjoint and cover the epoch. remainder='drop' drops the last incomplete
-global batch; 'pad' fills it with empty rows whose mask is False.
+Order and sharding. `batch_size` is the global batch of all processes. Windows
+are numbered piece by piece; epoch e orders them (shuffle=False: in order), cuts
+the order into global batches, and process k takes rows [k * local, (k + 1) *
+local) of each, local = batch_size // process_count: every process yields the
+same number of batches, reads only its own windows, and the process shares are
+disjoint and cover the epoch. remainder='drop' drops the last incomplete global
+batch; 'pad' fills it with empty rows whose mask is False. The order: up to
+EXACT_SHUFFLE_WINDOWS windows, np.random.default_rng([seed, e]).permutation (the
+batches of every earlier version); above, IndexShuffle keyed by [seed, e, 2], a
+bijection computed for each batch's positions, so memory does not grow with the
+corpus.
 
-Augmentation. With augment_transpose = a > 0, window i of epoch e moves by a
-shift drawn uniformly from [-a, a] intersected with the shifts that keep the
-window inside the piano, from np.random.default_rng([seed, e, 1]).
+Augmentation. With augment_transpose = a > 0, each window moves by a shift drawn
+uniformly from [-a, a] intersected with the shifts that keep the window inside
+the piano (its range read from the window itself). The draw: window i of epoch e
+takes np.random.default_rng([seed, e, 1]).random(num_windows)[i] with the exact
+permutation; else row r of global batch p takes default_rng([seed, e, 1,
+p]).random(batch_size)[r].
+
+Resume. get_state() is the epoch and the position in it, with a fingerprint of
+the windowing and of the pieces' lengths and contents (crc32): set_state() on
+other data fails. A state written by the versions before the sharded corpus (a
+hash of the padded stream) is accepted too.
 """
 
 import hashlib
+import zlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -30,38 +43,88 @@ import numpy as np
 LOWEST_PITCH = 21  # Same as pianoroll.LOWEST_PITCH (kept import-free).
 NUM_KEYS = 88
 REST = -1
+# Up to this many windows an epoch's order is np.random.default_rng([seed, e]).permutation
+# (16 bytes per window with the shifts' draws); above it, a keyed bijection computed for
+# each batch's positions (no per-window memory: corpora of any size).
+EXACT_SHUFFLE_WINDOWS = 1 << 21
 
 
-def _padded_concat(pieces, pad_start: int, num_voices: Optional[int]):
-  """All pieces, each after pad_start silent frames, end to end.
+def piece_crc(roll: np.ndarray, voices: Optional[np.ndarray]) -> int:
+  """crc32 of a piece's content: its packed roll, then its voices as int8 (shards.py
+  stores both so; the fingerprint of BatchIterator uses it)."""
+  crc = zlib.crc32(np.packbits(np.asarray(roll, bool), axis=-1).tobytes())
+  if voices is not None:
+    crc = zlib.crc32(np.asarray(voices).astype(np.int8).tobytes(), crc)
+  return crc
 
-  Returns:
-    roll: bool[N, 88], voices: int16[N, V] or None, start: bool[N] True on
-    the pad_start frames, starts: int64[P] offset of each padded piece,
-    lengths: int64[P] padded lengths.
-  """
-  lengths = np.array([p.roll.shape[0] + pad_start for p in pieces], dtype=np.int64)
-  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-  total = int(lengths.sum())
-  roll = np.zeros((total, NUM_KEYS), dtype=bool)
-  start = np.zeros((total,), dtype=bool)
-  voices = None
-  if num_voices is not None:
-    voices = np.full((total, num_voices), REST, dtype=np.int16)
-  for p, s, n in zip(pieces, starts, lengths):
-    roll[s + pad_start:s + n] = p.roll
-    start[s:s + pad_start] = True
-    if voices is not None:
-      if p.voices is None or p.voices.shape[1] != num_voices:
-        shape = None if p.voices is None else p.voices.shape
-        raise ValueError(f'num_voices={num_voices} but a piece ({p.meta.get("file")}) '
-                         f'has voices {shape}')
-      voices[s + pad_start:s + n] = p.voices
-  return roll, voices, start, starts, lengths
+
+class _InMemory:
+  """A list of PianoRoll seen as shards.PieceList is: lengths, num_voices, crc, frames."""
+
+  def __init__(self, pieces: Sequence):
+    self._pieces = pieces
+    self.lengths = np.array([p.roll.shape[0] for p in pieces], dtype=np.int64)
+    self.num_voices = np.array([-1 if p.voices is None else p.voices.shape[1] for p in pieces],
+                               dtype=np.int64)
+    self._crc = None
+
+  @property
+  def crc(self):
+    if self._crc is None:
+      self._crc = np.array([piece_crc(p.roll, p.voices) for p in self._pieces], np.uint32)
+    return self._crc
+
+  def frames(self, j: int, a: int, b: int):
+    p = self._pieces[j]
+    return p.roll[a:b], None if p.voices is None else p.voices[a:b]
+
+
+def _source(pieces):
+  """What the iterators read: a shards.PieceList as is, a list of PianoRoll wrapped."""
+  return pieces if hasattr(pieces, 'frames') else _InMemory(pieces)
+
+
+def _mix(x):
+  """splitmix64's finalizer on uint64 arrays (wrapping arithmetic)."""
+  x = x ^ (x >> np.uint64(30))
+  x = x * np.uint64(0xBF58476D1CE4E5B9)
+  x = x ^ (x >> np.uint64(27))
+  x = x * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+class IndexShuffle:
+  """A keyed bijection of [0, n) computed per index: a 6-round Feistel network on the
+  smallest even number of bits that holds n, walked until it lands below n."""
+
+  def __init__(self, n: int, key):
+    self.n = int(n)
+    self.half = max(1, (max(1, self.n - 1).bit_length() + 1) // 2)
+    self.mask = np.uint64((1 << self.half) - 1)
+    self.keys = np.random.default_rng(key).integers(0, 1 << 62, 6, dtype=np.uint64)
+
+  def _round_trip(self, x):
+    h = np.uint64(self.half)
+    left, right = x >> h, x & self.mask
+    for k in self.keys:
+      left, right = right, left ^ (_mix(right ^ k) & self.mask)
+    return (left << h) | right
+
+  def __call__(self, positions: np.ndarray) -> np.ndarray:
+    x = np.asarray(positions, dtype=np.uint64).copy()
+    todo = np.ones(x.shape, bool)
+    while todo.any():
+      x[todo] = self._round_trip(x[todo])
+      todo = x >= np.uint64(self.n)
+    return x.astype(np.int64)
 
 
 class BatchIterator:
   """Infinite iterator over training batches; see the module docstring.
+
+  `pieces` is a list of PianoRoll or a shards.PieceList; a batch reads only its own
+  windows' frames from it (memory: a few batches, plus 16 bytes per window when the
+  epoch has at most EXACT_SHUFFLE_WINDOWS windows).
 
   Each `next()` returns a dict:
     roll: bool[B_local, window_steps, 88]
@@ -75,6 +138,7 @@ class BatchIterator:
     epoch: the epoch the next batch comes from.
     batches_per_epoch: batches every process yields per epoch.
     num_windows: windows in one epoch.
+    exact_shuffle: whether the epoch's order is a NumPy permutation (else IndexShuffle).
   """
 
   def __init__(self, pieces: Sequence, *, batch_size: int, window_steps: int,
@@ -96,27 +160,24 @@ class BatchIterator:
     self.seed, self.shuffle, self.remainder = int(seed), shuffle, remainder
     self.local_batch = batch_size // process_count
     self.process_index = process_index
+    self.pad_start, self.pad_short = int(pad_start), bool(pad_short)
     self.augment_transpose = int(augment_transpose)
     self.num_voices = num_voices
-    self._roll, self._voices, self._start, starts, lengths = _padded_concat(
-        pieces, pad_start, num_voices)
+    self._src = _source(pieces)
+    if num_voices is not None:
+      wrong = np.flatnonzero(self._src.num_voices != num_voices)
+      if wrong.size:
+        v = int(self._src.num_voices[wrong[0]])
+        raise ValueError(f'num_voices={num_voices} but piece {int(wrong[0])} has '
+                         f'{"no voices" if v < 0 else f"{v} voices"}')
+    self._padded = self._src.lengths + self.pad_start
     if pad_short:  # A short piece's one window starts at 0 and runs past its end.
-      last = np.maximum(lengths - window_steps, 0)
+      last = np.maximum(self._padded - window_steps, 0)
     else:
-      last = lengths - window_steps
-    offsets = [s + np.arange(0, n + 1, hop_steps) for s, n in zip(starts, last)]
-    self._offsets = np.concatenate(offsets or [np.zeros(0, np.int64)]).astype(np.int64)
-    # Frames per window that belong to its piece (window_steps unless padded).
-    owner = np.repeat(np.arange(len(lengths)), [o.size for o in offsets])
-    ends = (starts + lengths)[owner] if owner.size else np.zeros(0, np.int64)
-    self._valid = np.minimum(ends - self._offsets, window_steps).astype(np.int64)
-    # Whole windows past the stream's end read these silent frames.
-    self._roll = np.concatenate([self._roll, np.zeros((window_steps, NUM_KEYS), bool)])
-    self._start = np.concatenate([self._start, np.zeros((window_steps,), bool)])
-    if self._voices is not None:
-      self._voices = np.concatenate(
-          [self._voices, np.full((window_steps, num_voices), REST, np.int16)])
-    self.num_windows = int(self._offsets.size)
+      last = self._padded - window_steps
+    counts = np.where(last >= 0, last // hop_steps + 1, 0)
+    self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    self.num_windows = int(self._first[-1])
     if remainder == 'drop':
       self.batches_per_epoch = self.num_windows // batch_size
     else:
@@ -124,52 +185,59 @@ class BatchIterator:
     if self.batches_per_epoch == 0:
       raise ValueError(f'{self.num_windows} windows of {window_steps} frames make no '
                        f'batch of {batch_size} (remainder={remainder!r})')
-    # Lowest / highest key of every window (88 / -1 when silent), for augmentation.
-    keys = np.arange(NUM_KEYS)
-    frame_lo = np.where(self._roll, keys, NUM_KEYS).min(axis=1)
-    frame_hi = np.where(self._roll, keys, -1).max(axis=1)
-    view = np.lib.stride_tricks.sliding_window_view
-    inside = np.arange(window_steps) < self._valid[:, None]  # Not the next piece's frames.
-    self._win_lo = np.where(inside, view(frame_lo, window_steps)[self._offsets],
-                            NUM_KEYS).min(axis=1)
-    self._win_hi = np.where(inside, view(frame_hi, window_steps)[self._offsets], -1).max(axis=1)
+    self.exact_shuffle = self.num_windows <= EXACT_SHUFFLE_WINDOWS
     digest = hashlib.sha256()
-    for part in (np.array([window_steps, hop_steps, pad_start, num_voices or 0, pad_short]),
-                 lengths, self._offsets, np.packbits(self._roll)):
+    for part in (self._params(), self._src.lengths, np.asarray(self._src.crc, np.uint32)):
       digest.update(np.ascontiguousarray(part).tobytes())
-    if self._voices is not None:
-      digest.update(self._voices.tobytes())
     self.fingerprint = digest.hexdigest()[:16]
     self.epoch, self._position = 0, 0
-    self._order_epoch, self._order, self._shifts = None, None, None
+    self._plan_epoch, self._order, self._draws, self._shuffle = None, None, None, None
 
-  def _epoch_plan(self):
-    """Window order and shifts of self.epoch (computed once per epoch)."""
-    if self._order_epoch != self.epoch:
-      if self.shuffle:
-        self._order = np.random.default_rng([self.seed, self.epoch]).permutation(
-            self.num_windows)
+  def _params(self):
+    return np.array([self.window_steps, self.hop_steps, self.pad_start, self.num_voices or 0,
+                     self.pad_short])
+
+  def _plan(self):
+    """The epoch's order (exact: a permutation; else an IndexShuffle) and shift draws."""
+    if self._plan_epoch != self.epoch:
+      self._order = self._draws = self._shuffle = None
+      if self.exact_shuffle:
+        if self.shuffle:
+          self._order = np.random.default_rng([self.seed, self.epoch]).permutation(
+              self.num_windows)
+        if self.augment_transpose:
+          self._draws = np.random.default_rng([self.seed, self.epoch, 1]).random(
+              self.num_windows)
+      elif self.shuffle:
+        self._shuffle = IndexShuffle(self.num_windows, [self.seed, self.epoch, 2])
+      self._plan_epoch = self.epoch
+
+  def _rows(self, position: int):
+    """This process's windows of global batch `position` and their shift draws."""
+    self._plan()
+    begin = position * self.batch_size + self.process_index * self.local_batch
+    positions = np.arange(begin, min(begin + self.local_batch, self.num_windows))
+    if self._order is not None:
+      windows = self._order[positions]
+    elif self._shuffle is not None:
+      windows = self._shuffle(positions)
+    else:
+      windows = positions
+    draws = None
+    if self.augment_transpose:
+      if self._draws is not None:
+        draws = self._draws[windows]
       else:
-        self._order = np.arange(self.num_windows)
-      self._shifts = None
-      if self.augment_transpose:
-        a = self.augment_transpose
-        low = np.maximum(-a, -self._win_lo)  # Silent windows: lo=88, hi=-1.
-        high = np.minimum(a, NUM_KEYS - 1 - self._win_hi)
-        low, high = np.minimum(low, 0), np.maximum(high, 0)
-        u = np.random.default_rng([self.seed, self.epoch, 1]).random(self.num_windows)
-        self._shifts = (low + np.floor(u * (high - low + 1))).astype(np.int64)
-      self._order_epoch = self.epoch
-    return self._order, self._shifts
+        rng = np.random.default_rng([self.seed, self.epoch, 1, position])
+        draws = rng.random(self.batch_size)[positions - position * self.batch_size]
+    return windows, draws
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
-    order, shifts = self._epoch_plan()
-    begin = self._position * self.batch_size + self.process_index * self.local_batch
-    rows = order[begin:begin + self.local_batch]
-    batch = self._gather(rows, shifts)
+    windows, draws = self._rows(self._position)
+    batch = self._gather(windows, draws)
     self._position += 1
     if self._position == self.batches_per_epoch:
       self.epoch, self._position = self.epoch + 1, 0
@@ -177,31 +245,50 @@ class BatchIterator:
 
   next = __next__
 
-  def _gather(self, rows: np.ndarray, shifts: Optional[np.ndarray]) -> dict:
-    b, w = self.local_batch, self.window_steps
-    n = rows.size
-    index = self._offsets[rows][:, None] + np.arange(w)
+  def _locate(self, windows: np.ndarray):
+    """Windows -> (piece, first frame in the padded piece, frames inside the piece)."""
+    piece = np.searchsorted(self._first, windows, side='right') - 1
+    offset = (windows - self._first[piece]) * self.hop_steps
+    valid = np.minimum(self._padded[piece] - offset, self.window_steps)
+    return piece, offset, valid
+
+  def _gather(self, windows: np.ndarray, draws: Optional[np.ndarray]) -> dict:
+    b, w, pad = self.local_batch, self.window_steps, self.pad_start
+    n = windows.size
     frame_mask = np.zeros((b, w), dtype=bool)
-    frame_mask[:n] = np.arange(w) < self._valid[rows][:, None]
     roll = np.zeros((b, w, NUM_KEYS), dtype=bool)
-    roll[:n] = self._roll[index] & frame_mask[:n, :, None]
     start = np.zeros((b, w), dtype=bool)
-    start[:n] = self._start[index] & frame_mask[:n]
-    out = {'mask': np.arange(b) < n, 'start': start, 'frame_mask': frame_mask}
-    if self._voices is not None:
-      voices = np.full((b, w, self._voices.shape[1]), REST, dtype=np.int32)
-      voices[:n] = np.where(frame_mask[:n, :, None], self._voices[index], REST)
-    if shifts is not None and n:
-      s = shifts[rows]
+    voices = None
+    if self.num_voices is not None:
+      voices = np.full((b, w, self.num_voices), REST, dtype=np.int32)
+    for row, (j, o, v) in enumerate(zip(*self._locate(windows))):
+      frame_mask[row, :v] = True
+      silent = int(np.clip(pad - o, 0, v))  # The pad frames before the piece.
+      start[row, :silent] = True
+      a, z = max(o - pad, 0), o + v - pad
+      if z > a:
+        r, vs = self._src.frames(int(j), int(a), int(z))
+        roll[row, silent:silent + z - a] = r
+        if voices is not None:
+          voices[row, silent:silent + z - a] = vs
+    if draws is not None and n:
+      keys = roll[:n].any(axis=1)  # [n, 88]: keys the window sounds.
+      any_key = keys.any(axis=1)
+      lo = np.where(any_key, keys.argmax(axis=1), NUM_KEYS)
+      hi = np.where(any_key, NUM_KEYS - 1 - keys[:, ::-1].argmax(axis=1), -1)
+      a = self.augment_transpose
+      low = np.minimum(np.maximum(-a, -lo), 0)
+      high = np.maximum(np.minimum(a, NUM_KEYS - 1 - hi), 0)
+      s = (low + np.floor(draws * (high - low + 1))).astype(np.int64)
       src = np.arange(NUM_KEYS)[None, :] - s[:, None]  # [n, 88] source key.
-      valid = (src >= 0) & (src < NUM_KEYS)
+      inside = (src >= 0) & (src < NUM_KEYS)
       moved = np.take_along_axis(roll[:n], np.clip(src, 0, NUM_KEYS - 1)[:, None, :], 2)
-      roll[:n] = moved & valid[:, None, :]
-      if self._voices is not None:
+      roll[:n] = moved & inside[:, None, :]
+      if voices is not None:
         v = voices[:n]
         voices[:n] = np.where(v == REST, REST, v + s[:, None, None])
-    out['roll'] = roll
-    if self._voices is not None:
+    out = {'mask': np.arange(b) < n, 'start': start, 'frame_mask': frame_mask, 'roll': roll}
+    if voices is not None:
       out['voices'] = voices
     return out
 
@@ -213,14 +300,38 @@ class BatchIterator:
 
   def set_state(self, state: dict):
     """Continues exactly where `state` (from get_state) was taken."""
-    for name in ('seed', 'batch_size', 'fingerprint'):
+    for name in ('seed', 'batch_size'):
       if state.get(name) != getattr(self, name):
         raise ValueError(f'iterator state does not match this data: {name} is '
                          f'{state.get(name)!r} in the state, {getattr(self, name)!r} here')
+    given = state.get('fingerprint')
+    if given != self.fingerprint and given != self._legacy_fingerprint():  # Read if needed.
+      raise ValueError(f'iterator state does not match this data: fingerprint is '
+                       f'{state.get("fingerprint")!r} in the state, {self.fingerprint!r} here')
     position = int(state['position'])
     if not 0 <= position < self.batches_per_epoch:
       raise ValueError(f'state position {position} outside [0, {self.batches_per_epoch})')
     self.epoch, self._position = int(state['epoch']), position
+
+  def _legacy_fingerprint(self) -> str:
+    """The fingerprint of bach_jax up to 2026-12 (a hash of every frame of the padded
+    training stream), so that a checkpoint written then resumes. Reads every piece."""
+    digest = hashlib.sha256()
+    starts = np.concatenate([[0], np.cumsum(self._padded)[:-1]]).astype(np.int64)
+    offsets = [s + np.arange(c) * self.hop_steps for s, c in zip(starts, np.diff(self._first))]
+    for part in [self._params(), self._padded] + offsets:
+      digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+    pad, w, nv = self.pad_start, self.window_steps, self.num_voices
+    for j, n in enumerate(self._src.lengths):
+      digest.update(bytes(pad * NUM_KEYS // 8))
+      digest.update(np.packbits(self._src.frames(j, 0, int(n))[0], axis=-1).tobytes())
+    digest.update(bytes(w * NUM_KEYS // 8))
+    if nv is not None:
+      for j, n in enumerate(self._src.lengths):
+        digest.update(np.full((pad, nv), REST, np.int16).tobytes())
+        digest.update(np.asarray(self._src.frames(j, 0, int(n))[1], np.int16).tobytes())
+      digest.update(np.full((w, nv), REST, np.int16).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def piece_batches(pieces: Sequence, *, batch_size: int, process_index: int = 0,
@@ -245,8 +356,9 @@ def piece_batches(pieces: Sequence, *, batch_size: int, process_index: int = 0,
     raise ValueError(f'batch_size {batch_size} must be a positive multiple of '
                      f'process_count {process_count}')
   local = batch_size // process_count
+  src = _source(pieces)
   if max_steps is None:
-    longest = max((p.roll.shape[0] for p in pieces), default=0) + pad_start
+    longest = int(src.lengths.max(initial=0)) + pad_start
     num_steps = max(16, -(-longest // 16) * 16)
   else:
     num_steps = int(max_steps)
@@ -261,17 +373,18 @@ def piece_batches(pieces: Sequence, *, batch_size: int, process_index: int = 0,
       i = first + process_index * local + row
       if i >= min(len(pieces), first + batch_size):
         break
-      piece = pieces[i]
-      n = max(0, min(piece.roll.shape[0], num_steps - pad_start))
-      roll[row, pad_start:pad_start + n] = piece.roll[:n]
+      if num_voices is not None and src.num_voices[i] != num_voices:
+        v = int(src.num_voices[i])
+        raise ValueError(f'num_voices={num_voices} but piece {i} has '
+                         f'{"no voices" if v < 0 else f"{v} voices"}')
+      n = max(0, min(int(src.lengths[i]), num_steps - pad_start))
+      piece_roll, piece_voices = src.frames(i, 0, n)
+      roll[row, pad_start:pad_start + n] = piece_roll
       frame_mask[row, pad_start:pad_start + n] = True
       start[row, :pad_start] = True
       index[row] = i
       if num_voices is not None:
-        if piece.voices is None or piece.voices.shape[1] != num_voices:
-          raise ValueError(f'num_voices={num_voices} but piece {i} has voices '
-                           f'{None if piece.voices is None else piece.voices.shape}')
-        voices[row, pad_start:pad_start + n] = piece.voices[:n]
+        voices[row, pad_start:pad_start + n] = piece_voices
     batch = {'roll': roll, 'frame_mask': frame_mask, 'start': start, 'piece_index': index}
     if num_voices is not None:
       batch['voices'] = voices

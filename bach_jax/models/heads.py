@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bach_jax.data import shards
 from bach_jax.errors import ConfigError
 from bach_jax.models import common
 from bach_jax.models import layers
@@ -61,13 +62,13 @@ def check_corpus(config, corpus):
         f'{corpus.num_voices} voices (use -1 to follow the corpus, 0 for set mode)')
   aug = int(config.data.augment_transpose)
   most, lo, hi = 0, 999, -1
-  for pieces in corpus.splits.values():
-    for p in pieces:
-      if p.roll.size:
-        most = max(most, int(p.roll.sum(axis=1).max()))
-        keys = p.roll.any(axis=0).nonzero()[0]
-        if keys.size:
-          lo, hi = min(lo, int(keys[0]) + LOWEST_PITCH), max(hi, int(keys[-1]) + LOWEST_PITCH)
+  for pieces in corpus.splits.values():  # From the index: no piece is read.
+    if len(pieces):
+      lowest = shards.stats(pieces, 'lowest')
+      most = max(most, int(shards.stats(pieces, 'max_notes').max()))
+      if (lowest >= 0).any():
+        lo = min(lo, int(lowest[lowest >= 0].min()))
+        hi = max(hi, int(shards.stats(pieces, 'highest').max()))
   if hi >= 0 and (lo - aug < m.min_pitch or hi + aug > m.max_pitch):
     raise ConfigError(
         f'config.model.min_pitch/max_pitch: {m.min_pitch}..{m.max_pitch} does not cover the '
