@@ -96,6 +96,28 @@ def _pm_with(instruments):
   return pm
 
 
+def test_a_stuck_note_is_cut_at_the_next_onset_and_the_voices_kept():
+  # As in real files (a Mozart quartet's cello held one note 138 s): 'Low' holds its
+  # first note over its 12 other notes, 24 of its 40 frames: it failed the monophony
+  # test, and the piece lost its voices.
+  low = [(36, 0, 40)] + [(38 + i % 3, 2 + 2 * i, 4 + 2 * i) for i in range(12)]
+  pm = _pm_with([('Top', [(72 + i % 5, i, i + 1) for i in range(26)], False),
+                 ('Low', low, False)])
+  piece = pianoroll.from_pretty_midi(pm, 1)
+  assert piece.meta['voice_names'] == ['Top', 'Low'] and piece.meta['cut_notes'] == 1
+  np.testing.assert_array_equal(piece.voices[:2, 1], [36, 36])  # Cut at quarter 2 ...
+  np.testing.assert_array_equal(piece.voices[2:26, 1], [38 + i // 2 % 3 for i in range(24)])
+  assert (piece.voices[26:, 1] == pianoroll.REST).all()  # ... not held to quarter 40.
+  # Notes of one onset (a chord) are not cut: that instrument is no voice.
+  chord = _pm_with([('Top', [(72, 0, 8), (76, 0, 8), (79, 0, 8)], False),
+                    ('Low', [(48, 0, 8)], False)])
+  piece = pianoroll.from_pretty_midi(chord, 1)
+  assert piece.voices is None and piece.meta['voices_reason'] == 'an instrument plays chords'
+  assert piece.roll.sum() == 4 * 8
+  one = pianoroll.from_pretty_midi(_pm_with([('Top', [(72, 0, 8)], False)]), 1)
+  assert one.voices is None and one.meta['voices_reason'] == 'one melodic instrument'
+
+
 def test_auto_voices_from_monophonic_instruments():
   pm = _pm_with([('Top', [(72, 0, 6), (74, 6, 12), (76, 11, 12)], False),  # 1 chord frame.
                  ('Low', [(48, 0, 12)], False)])
@@ -104,9 +126,11 @@ def test_auto_voices_from_monophonic_instruments():
   np.testing.assert_array_equal(piece.voices[:, 1], [48] * 12)
   np.testing.assert_array_equal(piece.voices[:, 0], [72] * 6 + [74] * 5 + [76])
   np.testing.assert_array_equal(piece.roll, pianoroll.voices_to_roll(piece.voices))
-  pm.instruments[0].notes.append(pretty_midi.Note(80, 79, 0.0, 0.5))  # 2 chord frames.
+  # A chord (two onsets at once) over 2 of 12 frames: not a voice. (The overlap of 74
+  # and 76 above is no chord: a note held past the next onset is cut there.)
+  pm.instruments[0].notes.append(pretty_midi.Note(80, 79, 0.0, 1.0))
   piece = pianoroll.from_pretty_midi(pm, 1)
-  assert piece.voices is None and piece.roll.sum() == 12 + 12 + 2
+  assert piece.voices is None and piece.roll.sum() == 13 + 12 + 2
 
 
 def test_roll_without_voices_round_trips(tmp_path):

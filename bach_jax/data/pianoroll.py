@@ -20,10 +20,14 @@ consecutive equal frames into one held note.
 Voices from a MIDI file (`voices='auto'`): when the file has more than one
 non-drum instrument and every one of them is monophonic-ish (at most 10% of
 its sounding frames hold more than one pitch), each instrument is one voice,
-in file order; otherwise `voices=None`. Callers can instead pass the
-instrument indices to use. Where notes of one voice share a frame, the voice
-takes the note with the latest onset, and of a chord its highest note; the
-roll is then the union of the voices (lower notes of a chord are dropped).
+in file order; otherwise `voices=None`, and meta['voices_reason'] says why.
+Before that test, a note that runs past the next onset of its own instrument
+(a stuck note: real files hold one for minutes) is cut at that onset
+(meta['cut_notes'] counts them); notes of one onset (a chord) are not cut.
+Callers can instead pass the instrument indices to use (no note is cut then).
+Where notes of one voice share a frame, the voice takes the note with the
+latest onset, and of a chord its highest note; the roll is then the union of
+the voices (lower notes of a chord are dropped).
 
 Notes outside the piano (MIDI 21..108) are folded: moved by whole octaves
 into range (pitch class, rhythm and voice kept); meta['folded_notes'] counts
@@ -164,27 +168,32 @@ def _quantize(pm: pretty_midi.PrettyMIDI, notes, steps_per_quarter: int):
   return on, np.maximum(off, on + 1)
 
 
-def _instrument_grid(pm, notes, steps_per_quarter, num_steps):
-  """One instrument's notes -> (bool[T, 128] sounding pitches)."""
+def _cut_at_next_onset(on, off):
+  """Offsets cut at the next later onset of the same instrument -> (off, notes cut)."""
+  onsets = np.unique(on)
+  later = np.searchsorted(onsets, on, side='right')
+  nxt = np.where(later < onsets.size, onsets[np.minimum(later, onsets.size - 1)], off)
+  cut = np.minimum(off, nxt)
+  return cut, int((cut < off).sum())
+
+
+def _instrument_grid(notes, on, off, num_steps):
+  """One instrument's notes and their frames -> bool[T, 128] sounding pitches."""
   grid = np.zeros((num_steps, 128), dtype=bool)
-  if notes:
-    on, off = _quantize(pm, notes, steps_per_quarter)
-    for n, a, b in zip(notes, on, off):
-      grid[a:b, n.pitch] = True
+  for n, a, b in zip(notes, on, off):
+    grid[a:b, n.pitch] = True
   return grid
 
 
-def _voice_line(pm, notes, steps_per_quarter, num_steps) -> np.ndarray:
-  """One instrument's notes -> int16[T], one pitch per frame or REST.
+def _voice_line(notes, on, off, num_steps) -> np.ndarray:
+  """One instrument's notes and their frames -> int16[T], one pitch per frame or REST.
 
   Where notes share a frame, the one with the latest onset wins, and among
   notes with the same onset (a chord) the highest.
   """
   line = np.full(num_steps, REST, dtype=np.int16)
-  if notes:
-    on, off = _quantize(pm, notes, steps_per_quarter)
-    for j in sorted(range(len(notes)), key=lambda j: (notes[j].start, notes[j].pitch)):
-      line[on[j]:off[j]] = notes[j].pitch
+  for j in sorted(range(len(notes)), key=lambda j: (notes[j].start, notes[j].pitch)):
+    line[on[j]:off[j]] = notes[j].pitch
   return line
 
 
@@ -220,6 +229,17 @@ def _folded_notes(pm, chosen):
                  pretty_midi.Note(n.velocity, fold_pitch(n.pitch), n.start, n.end)
                  for n in ns] for i, ns in notes.items()}
   return notes, outside
+
+
+def _why_no_voices(grids):
+  """Why these instruments' grids are not voices ('auto'), or None when they are."""
+  if len(grids) < 2:
+    return 'one melodic instrument'
+  for g in grids:
+    counts = g.sum(axis=1)
+    if (counts > 1).sum() > MONOPHONIC_TOLERANCE * max(1, (counts > 0).sum()):
+      return 'an instrument plays chords'
+  return None
 
 
 def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
@@ -259,19 +279,22 @@ def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
   else:
     chosen = [int(i) for i in voices]
   notes, folded = _folded_notes(pm, chosen)
-  num_steps = 0
-  for i in chosen:
-    if notes[i]:
-      num_steps = max(num_steps, int(_quantize(pm, notes[i], steps_per_quarter)[1].max()))
-  grids = [_instrument_grid(pm, notes[i], steps_per_quarter, num_steps) for i in chosen]
+  frames = {i: _quantize(pm, notes[i], steps_per_quarter) if notes[i] else
+            (np.zeros(0, np.int64), np.zeros(0, np.int64)) for i in chosen}
+  num_steps = max([int(off.max()) for _, off in frames.values() if off.size] or [0])
+  grids = [_instrument_grid(notes[i], *frames[i], num_steps) for i in chosen]
+  cut_notes, reason = 0, None
   if mode == 'auto':
-    mono = True
-    for g in grids:
-      counts = g.sum(axis=1)
-      mono &= (counts > 1).sum() <= MONOPHONIC_TOLERANCE * max(1, (counts > 0).sum())
-    use_voices = len(grids) > 1 and mono
+    for i in chosen:  # Stuck notes cut before the monophony test, and in the voices.
+      on, off = frames[i]
+      cut, n = _cut_at_next_onset(on, off) if on.size else (off, 0)
+      frames[i], cut_notes = (on, cut), cut_notes + n
+    reason = _why_no_voices([_instrument_grid(notes[i], *frames[i], num_steps)
+                             for i in chosen])
+    use_voices = reason is None
   else:
     use_voices = mode == 'indices'
+    reason = None if use_voices else 'voices not asked for'
   info = dict(meta or {})
   info['key_signature'] = _first(
       pm.key_signature_changes,
@@ -281,7 +304,9 @@ def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
                                   lambda t: f'{t.numerator}/{t.denominator}')
   info['folded_notes'] = folded
   if use_voices:
-    voice_array = np.stack([_voice_line(pm, notes[i], steps_per_quarter, num_steps)
+    if cut_notes:
+      info['cut_notes'] = cut_notes
+    voice_array = np.stack([_voice_line(notes[i], *frames[i], num_steps)
                             for i in chosen], axis=1)
     roll = voices_to_roll(voice_array)
     names = list(voice_names) if voice_names else [pm.instruments[i].name for i in chosen]
@@ -289,6 +314,7 @@ def from_pretty_midi(pm: pretty_midi.PrettyMIDI, steps_per_quarter: int = 4, *,
     return PianoRoll(roll, voice_array, steps_per_quarter, info)
   union = np.logical_or.reduce(grids, axis=0) if grids else np.zeros((0, 128), bool)
   info['voice_names'] = None
+  info['voices_reason'] = reason
   return PianoRoll(union[:, LOWEST_PITCH:HIGHEST_PITCH + 1], None, steps_per_quarter, info)
 
 
