@@ -51,6 +51,22 @@ def build_lock(path: str):
     f.close()  # Releases the lock.
 
 
+def atomic_write(path: str, write):
+  """write(binary file) into path.<pid>.<random>.tmp, fsync, then os.replace it into
+  place: a reader sees the old file or the new one, never half of one (a kill leaves
+  the .tmp, which `remove_leftovers` deletes)."""
+  tmp = f'{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp'
+  try:
+    with open(tmp, 'wb') as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def check_folder(cache_dir: str):
   """CorpusError naming the folder when the cache cannot be written there (checked
   before a build, so that minutes of preparation are not thrown away)."""

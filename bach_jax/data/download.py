@@ -87,20 +87,6 @@ def _fetch(url: str, timeout: float) -> bytes:
     raise DownloadError(f'cannot fetch {url}: {type(e).__name__}: {e}') from e
 
 
-def _write(path: str, data: bytes):
-  """Writes data to a temp file next to path, then os.replace's it into place."""
-  tmp = f'{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp'
-  try:
-    with open(tmp, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def download_jsb(dest: str = '', url: str = '', files: Optional[dict] = None,
                  timeout: float = TIMEOUT_S, log=print) -> list:
   """Fetches the JSB files, checks their SHA-256 and writes them to dest.
@@ -140,7 +126,7 @@ def download_jsb(dest: str = '', url: str = '', files: Optional[dict] = None,
   try:
     os.makedirs(dest, exist_ok=True)
     for name, data in fetched.items():
-      _write(os.path.join(dest, name), data)
+      cache.atomic_write(os.path.join(dest, name), lambda f: f.write(data))  # pylint: disable=cell-var-from-loop
       log(f'{os.path.join(dest, name)}: written ({len(data):,} bytes, SHA-256 checked)')
   except OSError as e:
     raise DownloadError(f'cannot write {dest}: {e.strerror or e}') from e

@@ -37,6 +37,7 @@ import threading
 
 import numpy as np
 
+from bach_jax.data import cache
 from bach_jax.data.pianoroll import LOWEST_PITCH, NUM_KEYS, PianoRoll
 from bach_jax.data.pipeline import piece_crc
 from bach_jax.errors import CorpusError
@@ -51,20 +52,6 @@ _OPEN_SHARDS = 64  # Shard files kept open per process (least recently used clos
 
 def shard_name(k: int) -> str:
   return f'shard-{k:05d}'
-
-
-def _atomic(path: str, write):
-  """write(file) into path.<pid>.<rand>.tmp, fsync, then os.replace into place."""
-  tmp = f'{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp'
-  try:
-    with open(tmp, 'wb') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def piece_stats(piece: PianoRoll) -> dict:
@@ -105,11 +92,11 @@ def write_shard(folder: str, k: int, digest: str, jobs: tuple, results: list):
   base = os.path.join(folder, shard_name(k))
   roll = np.concatenate(rolls) if rolls else np.zeros((0, ROLL_BYTES), np.uint8)
   flat = np.concatenate(voices) if voices else np.zeros(0, np.int8)
-  _atomic(base + '.roll.npy', lambda f: np.save(f, roll))
-  _atomic(base + '.voices.npy', lambda f: np.save(f, flat))
+  cache.atomic_write(base + '.roll.npy', lambda f: np.save(f, roll))
+  cache.atomic_write(base + '.voices.npy', lambda f: np.save(f, flat))
   info = {'key': digest, 'jobs': list(jobs), 'pieces': pieces, 'skipped': skipped,
           'sizes': [os.path.getsize(base + '.roll.npy'), os.path.getsize(base + '.voices.npy')]}
-  _atomic(base + '.json', lambda f: f.write(json.dumps(info).encode()))
+  cache.atomic_write(base + '.json', lambda f: f.write(json.dumps(info).encode()))
 
 
 def read_shard_info(folder: str, k: int, digest: str = None, jobs: tuple = None):
@@ -150,7 +137,7 @@ def write_index(folder: str, key_json: str, grid: int, num_shards: int, splits: 
   arrays.update(key=np.array(key_json), grid=np.array(grid), skipped=np.array(json.dumps(skipped)),
                 reasons=np.array(json.dumps(reasons)),
                 shard_sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2))
-  _atomic(os.path.join(folder, INDEX), lambda f: np.savez(f, **arrays))
+  cache.atomic_write(os.path.join(folder, INDEX), lambda f: np.savez(f, **arrays))
 
 
 def forget(folder: str, ks):
