@@ -68,9 +68,9 @@ def make_piece():
 @pytest.fixture(scope='session')
 def chorales():
   """A few music21 chorales through MIDI, as (file name, PrettyMIDI)."""
-  from bach_jax.data import corpora  # pylint: disable=g-import-not-at-top
-  paths = {p.rsplit('/', 1)[-1]: p for p in corpora.chorale_paths()}
-  return [(name, corpora.chorale_to_pretty_midi(paths[name])[0]) for name in CHORALES]
+  from bach_jax.data import sources  # pylint: disable=g-import-not-at-top
+  paths = {p.rsplit('/', 1)[-1]: p for p in sources.chorale_paths()}
+  return [(name, sources.chorale_to_pretty_midi(paths[name])[0]) for name in CHORALES]
 
 
 @pytest.fixture(scope='session')

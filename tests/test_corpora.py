@@ -13,7 +13,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from bach_jax.data import corpora, pianoroll, splits
+from bach_jax.data import corpora, pianoroll, sources, splits
 from bach_jax.data.corpora import CorpusError
 
 
@@ -198,8 +198,8 @@ def test_cache_hit_and_untrusted_leftovers(tmp_path, caplog):
 
 
 def test_bwv_split_keys():
-  assert corpora.bwv_key('/x/bwv248.23-2.mxl') == corpora.bwv_key('bwv248.23-s.mxl') == 'bwv248.23'
-  assert corpora.bwv_key('bwv69.6-a.mxl') == corpora.bwv_key('bwv69.6.xml') == 'bwv69.6'
+  assert sources.bwv_key('/x/bwv248.23-2.mxl') == sources.bwv_key('bwv248.23-s.mxl') == 'bwv248.23'
+  assert sources.bwv_key('bwv69.6-a.mxl') == sources.bwv_key('bwv69.6.xml') == 'bwv69.6'
   assert splits.split_of('bwv248.23') == splits.split_of('bwv248.23')
   assigned = [splits.split_of(f'bwv{i}.{j}') for i in range(200) for j in range(5)]
   frac = {s: assigned.count(s) / len(assigned) for s in corpora.SPLITS}
@@ -207,22 +207,22 @@ def test_bwv_split_keys():
 
 
 def test_satb_by_name():
-  assert corpora.satb_indices(['Horn 2', 'Soprano', 'Alto', 'Tenor', 'Bass']) == [1, 2, 3, 4]
-  assert corpora.satb_indices(['Soprano 1', 'Soprano 2', 'Alto', 'Tenor', 'Bass',
+  assert sources.satb_indices(['Horn 2', 'Soprano', 'Alto', 'Tenor', 'Bass']) == [1, 2, 3, 4]
+  assert sources.satb_indices(['Soprano 1', 'Soprano 2', 'Alto', 'Tenor', 'Bass',
                                'Continuo']) == [0, 2, 3, 4]
-  assert corpora.satb_indices(['Tenor\rViola', 'Basso continuo', 'S.', 'alt', 'B']) == [
+  assert sources.satb_indices(['Tenor\rViola', 'Basso continuo', 'S.', 'alt', 'B']) == [
       2, 3, 0, 4]
-  assert corpora.satb_indices(['', None, 'x', 'y']) == [0, 1, 2, 3]
+  assert sources.satb_indices(['', None, 'x', 'y']) == [0, 1, 2, 3]
   with pytest.raises(pianoroll.MidiError, match='cannot identify'):
-    corpora.satb_indices(['Piano', 'Piano'])
+    sources.satb_indices(['Piano', 'Piano'])
 
 
 def test_chorale_worker_gives_satb_in_c():
-  paths = {p.rsplit('/', 1)[-1]: p for p in corpora.chorale_paths()}
+  paths = {p.rsplit('/', 1)[-1]: p for p in sources.chorale_paths()}
   assert 'bwv1.6.mxl' in paths and not any(p.endswith('.rntxt') for p in paths)
-  name, split, piece = corpora._chorale(paths['bwv1.6.mxl'], _data('bach_chorales'))  # pylint: disable=protected-access
+  name, split, piece = sources.chorale_piece(paths['bwv1.6.mxl'], _data('bach_chorales'))
   assert name == 'bwv1.6.mxl' and split == splits.split_of('bwv1.6')
-  assert piece.meta['voice_names'] == list(corpora.SATB)
+  assert piece.meta['voice_names'] == list(pianoroll.SATB)
   assert piece.meta['parts'] == ['Soprano', 'Alto', 'Tenor', 'Bass']  # Horn dropped.
   assert piece.meta['transposed_by'] == -5 and piece.meta['key_signature'] == 'C major'
   np.testing.assert_array_equal(piece.roll, pianoroll.voices_to_roll(piece.voices))
@@ -238,8 +238,8 @@ def test_chorale_worker_never_touches_music21s_pickle_cache(monkeypatch):
 
   monkeypatch.setattr(music21.freezeThaw.StreamFreezer, 'write', refuse)
   monkeypatch.setattr(music21.converter, 'thaw', refuse)
-  paths = {p.rsplit('/', 1)[-1]: p for p in corpora.chorale_paths()}
-  name, split, piece = corpora._chorale(paths['bwv281.krn'], _data('bach_chorales'))  # pylint: disable=protected-access
+  paths = {p.rsplit('/', 1)[-1]: p for p in sources.chorale_paths()}
+  name, split, piece = sources.chorale_piece(paths['bwv281.krn'], _data('bach_chorales'))
   assert split is not None, piece
   assert piece.num_steps > 16
 

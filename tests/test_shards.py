@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bach_jax import errors
-from bach_jax.data import corpora, pipeline
+from bach_jax.data import corpora, pipeline, sources
 from bench import lakh_like
 from train_helpers import REPO, run_main
 
@@ -43,8 +43,8 @@ def _in_memory(folder):
   """The pieces as the preparation's workers make them, never written: name -> piece."""
   data = {'steps_per_quarter': 4, 'transpose': 'tonic', 'min_steps': 16}
   out = {}
-  for full, rel in corpora._midi_files(folder):  # pylint: disable=protected-access
-    name, split, piece = corpora._midi_file(full, rel, data)  # pylint: disable=protected-access
+  for full, rel in sources.midi_files(folder):
+    name, split, piece = sources.midi_file_piece(full, rel, data)
     if split is not None:
       out[name] = piece
   return out

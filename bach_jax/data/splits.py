@@ -15,7 +15,7 @@ moves (its assignment is relied on by published numbers, and versions of a
 chorale must share a split), nor does JSB. A split of fewer than corpora.TINY_SPLIT
 pieces is reported by a warning line (every source, cache hits included).
 
-bach_chorales keys by BWV number (corpora.bwv_key), midi_dir by the file's path
+bach_chorales keys by BWV number (sources.bwv_key), midi_dir by the file's path
 relative to its folder; JSB keeps its own split.
 """
 
